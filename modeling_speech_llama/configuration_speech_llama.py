@@ -1,0 +1,80 @@
+"""Configuration of SpeechLlama: a Whisper encoder, a k-frame concat adaptor and a LLaMA-style LLM.
+
+This file is uploaded as Hub remote code: it imports only from `transformers` and its own folder.
+"""
+
+from transformers import AutoConfig, PretrainedConfig, WhisperConfig
+
+
+class SpeechLlamaConfig(PretrainedConfig):
+    r"""
+    Configuration of [`SpeechLlamaForCausalLM`] (LLaMA-Omni Stage 1 layout).
+
+    Args:
+        encoder_config (`dict` or `WhisperConfig`, *optional*):
+            Config of the speech encoder. Only the encoder half of Whisper is instantiated.
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the causal LLM (`model_type` "llama" or any `AutoModelForCausalLM` type).
+        adaptor_downsample (`int`, *optional*, defaults to 5):
+            k: number of consecutive encoder frames concatenated into one LLM position.
+        adaptor_hidden_size (`int`, *optional*, defaults to 2048):
+            Width of the adaptor's hidden layer (Linear(d_enc·k → hidden) → ReLU → Linear(hidden → d_llm)).
+        speech_token_id (`int`, *optional*):
+            Id of the `<speech>` placeholder token in the LLM vocabulary.
+        freeze_encoder (`bool`, *optional*, defaults to `True`):
+            Keep the Whisper encoder frozen (LLaMA-Omni Stage 1): no gradients, run under `no_grad`.
+
+    Example:
+
+    ```python
+    >>> from transformers import LlamaConfig, WhisperConfig
+    >>> config = SpeechLlamaConfig(encoder_config=WhisperConfig().to_dict(), text_config=LlamaConfig().to_dict())
+    ```
+    """
+
+    model_type = "speech_llama"
+    sub_configs = {"encoder_config": AutoConfig, "text_config": AutoConfig}
+
+    def __init__(
+        self,
+        encoder_config=None,
+        text_config=None,
+        adaptor_downsample: int = 5,
+        adaptor_hidden_size: int = 2048,
+        speech_token_id: int | None = None,
+        freeze_encoder: bool = True,
+        **kwargs,
+    ):
+        self.encoder_config = _as_config(encoder_config, default_model_type="whisper")
+        self.text_config = _as_config(text_config, default_model_type="llama")
+        if adaptor_downsample < 1:
+            raise ValueError(f"adaptor_downsample must be >= 1, got {adaptor_downsample}")
+        self.adaptor_downsample = adaptor_downsample
+        self.adaptor_hidden_size = adaptor_hidden_size
+        self.speech_token_id = speech_token_id
+        self.freeze_encoder = freeze_encoder
+        kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+
+    @property
+    def max_speech_seconds(self) -> float:
+        """Longest clip the encoder accepts: `max_source_positions` frames of 20 ms."""
+        return self.encoder_config.max_source_positions * 0.02
+
+
+def _as_config(value, default_model_type: str) -> PretrainedConfig:
+    """Accept a config object, a dict (as read from config.json) or None (library defaults)."""
+    if isinstance(value, PretrainedConfig):
+        return value
+    if value is None:
+        return WhisperConfig() if default_model_type == "whisper" else AutoConfig.for_model(default_model_type)
+    if isinstance(value, dict):
+        value = dict(value)
+        model_type = value.pop("model_type", default_model_type)
+        return AutoConfig.for_model(model_type, **value)
+    raise TypeError(f"expected a dict or PretrainedConfig, got {type(value).__name__}")
+
+
+SpeechLlamaConfig.register_for_auto_class()
+
+__all__ = ["SpeechLlamaConfig"]

@@ -1,0 +1,96 @@
+"""Prompts in LLaMA-Omni's format and batched greedy answering (T2T and S2T).
+
+One place builds the prompts every part uses (training, importance, evaluation, the Space), so the
+text and speech conditions differ only in where the question comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modeling_speech_llama import SpeechLlamaForCausalLM, SpeechLlamaProcessor
+
+SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a built folder with the project's own classes → (model in eval mode, processor)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")
+    model = SpeechLlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    processor = SpeechLlamaProcessor.from_pretrained(model_dir)
+    return model, processor
+
+
+def user_content(question: str | None, speech: bool) -> list[dict]:
+    """The user turn: `<speech>` + instruction (S2T), or the question text in its place (T2T)."""
+    if speech:
+        return [{"type": "audio"}, {"type": "text", "text": SPEECH_INSTRUCTION}]
+    if not question:
+        raise ValueError("a text-input (T2T) prompt needs the question text")
+    return [{"type": "text", "text": question}]
+
+
+def qa_prompt(processor: SpeechLlamaProcessor, question: str | None = None, speech: bool = False) -> str:
+    """Chat-template prompt ending with the assistant header, ready for generation."""
+    messages = [{"role": "user", "content": user_content(question, speech)}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def qa_training_text(processor: SpeechLlamaProcessor, response: str, question: str | None = None, speech: bool = False) -> tuple[str, str]:
+    """(prompt, completion): the loss is taken on the completion only (response + end-of-turn)."""
+    prompt = qa_prompt(processor, question, speech)
+    full = processor.apply_chat_template(
+        [{"role": "user", "content": user_content(question, speech)}, {"role": "assistant", "content": response}],
+        add_generation_prompt=False,
+    )
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the assistant turn in a way that does not extend the prompt")
+    return prompt, full[len(prompt):].rstrip("\n")
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    processor: SpeechLlamaProcessor,
+    questions: list[str | None],
+    audios: list[np.ndarray | None] | None = None,
+    max_new_tokens: int = 64,
+) -> list[str]:
+    """Greedy answers for one batch; a row is S2T when its audio is given, else T2T."""
+    audios = audios if audios is not None else [None] * len(questions)
+    if len(audios) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(audios)} audio entries")
+    prompts = [qa_prompt(processor, q, speech=a is not None) for q, a in zip(questions, audios)]
+    inputs = processor(text=prompts, audio=audios if any(a is not None for a in audios) else None, sampling_rate=16000)
+    inputs = inputs.to(model.device)
+    output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output_ids[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model folder (speech-llama build)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--question", help="typed question (T2T)")
+    source.add_argument("--audio", type=Path, help="spoken question, any sampling rate (S2T)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+
+
+def run(args: argparse.Namespace) -> str:
+    from .records import read_audio
+
+    model, processor = load_model(args.model)
+    if args.audio is not None:
+        audio = read_audio(str(args.audio), where=str(args.audio))
+        answer = generate_answers(model, processor, [None], [audio], args.max_new_tokens)[0]
+        print(f"speech: {len(audio) / 16000:.1f} s → {processor.num_speech_tokens(len(audio))} speech tokens")
+    else:
+        answer = generate_answers(model, processor, [args.question], None, args.max_new_tokens)[0]
+    print(answer)
+    return answer
