@@ -23,7 +23,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")
     model = SpeechLlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-    processor = SpeechLlamaProcessor.from_pretrained(model_dir)
+    # The folder's own auto_map would make the feature-extractor lookup ask about remote code; the
+    # classes used here are the project's, so nothing from the folder is executed.
+    processor = SpeechLlamaProcessor.from_pretrained(model_dir, trust_remote_code=True)
     return model, processor
 
 

@@ -1,0 +1,108 @@
+"""Records → labelled model batches (the one collator that training, importance and perplexity share).
+
+Each record becomes `prompt + completion` in LLaMA-Omni's chat format; the loss is taken on the
+completion (the response, or the first gold answer for QA data, plus the end-of-turn token) only.
+With `input="speech"` the question's audio fills the `<speech>` placeholder (S2T prompt); with
+`input="text"` the question text stands in its place (T2T prompt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .generate import qa_training_text
+from .records import read_audio
+
+InputKind = Literal["text", "speech"]
+
+
+def target_text(record: dict[str, Any], where: str) -> str:
+    """The training target of a record: its `response`, else its first gold answer."""
+    response = record.get("response")
+    if response:
+        return response
+    answers = record.get("answers") or ([record["answer"]] if record.get("answer") else [])
+    if not answers:
+        raise ValueError(f"{where}: record has neither 'response' nor 'answers' to train on")
+    return answers[0]
+
+
+@dataclass
+class QACollator:
+    """Collate contract records into `input_ids`, `attention_mask`, `labels` (+ speech features).
+
+    Args:
+        processor: the model's `SpeechLlamaProcessor`.
+        input: "text" (T2T prompt) or "speech" (S2T prompt; every record needs `audio`).
+        max_length: completions are cut so a row has at most this many tokens (the prompt, with
+            its speech placeholders, is never cut).
+    Returns per batch: `input_ids`, `attention_mask`, `labels` (B, L), left-padded; with speech,
+    `input_features` (B, n_mels, T_mel) and `input_features_mask` (B, T_mel).
+    """
+
+    processor: Any
+    input: InputKind = "text"
+    max_length: int | None = None
+
+    def __post_init__(self):
+        if self.input not in ("text", "speech"):
+            raise ValueError(f"input must be 'text' or 'speech', got {self.input!r}")
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        speech = self.input == "speech"
+        prompts, completions, audios = [], [], []
+        for record in records:
+            where = f"record {record.get('_row', '?')}"
+            prompt, completion = qa_training_text(
+                self.processor, target_text(record, where), question=record.get("question"), speech=speech
+            )
+            prompts.append(prompt)
+            completions.append(completion)
+            if speech:
+                if record.get("audio") is None:
+                    raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
+                audios.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))
+        encoded = self.processor(
+            text=prompts, audio=audios if speech else None, sampling_rate=16000, padding=False, return_tensors=None
+        )
+        completion_ids = self.processor.tokenizer(completions, add_special_tokens=False)["input_ids"]
+        batch = self._pad(encoded["input_ids"], completion_ids)
+        if speech:
+            batch["input_features"] = torch.as_tensor(np.asarray(encoded["input_features"]))
+            batch["input_features_mask"] = torch.as_tensor(np.asarray(encoded["input_features_mask"]))
+        return batch
+
+    def _pad(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        rows = []
+        for prompt, completion in zip(prompt_ids, completion_ids):
+            if self.max_length is not None:
+                completion = completion[: max(1, self.max_length - len(prompt))]
+            rows.append((list(prompt) + list(completion), len(prompt)))
+        width = max(len(ids) for ids, _ in rows)
+        pad_id = self.processor.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for row, (ids, prompt_length) in enumerate(rows):
+            start = width - len(ids)  # left padding, as for generation
+            input_ids[row, start:] = torch.tensor(ids)
+            attention_mask[row, start:] = 1
+            labels[row, start + prompt_length :] = torch.tensor(ids[prompt_length:])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def iterate_batches(records, collator: QACollator, batch_size: int):
+    """Yield collated batches over a `datasets.Dataset` or list of records, in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        if isinstance(chunk, dict):  # a datasets slice is columnar
+            chunk = [dict(zip(chunk, values)) for values in zip(*chunk.values())]
+        for offset, record in enumerate(chunk):
+            record.setdefault("_row", start + offset)
+        yield collator(chunk)
