@@ -11,6 +11,7 @@ COMMANDS = {
     "build": ("speech_llama.build", "assemble a SpeechLlama model folder (presets or Hub ids / local dirs)"),
     "synthesize": ("speech_llama.synthesize", "speak QA / instruction records with Piper TTS (16 kHz wavs + data.jsonl)"),
     "generate": ("speech_llama.generate", "answer a typed question or a wav file with a model folder"),
+    "eval": ("speech_llama.evaluation", "spoken-QA accuracy: T2T, S2T or the Whisper-ASR cascade (batched, greedy)"),
 }
 
 

@@ -1,0 +1,181 @@
+"""`speech-llama eval`: batched greedy spoken-QA evaluation (T2T, S2T and the ASR cascade).
+
+Table 2 protocol: the same records are asked as text (T2T), as audio (S2T), or as audio
+transcribed by a Whisper ASR model and then asked as text (cascade). Scored with the
+`spoken_qa_accuracy` evaluate module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from evaluate_metrics import load_metric
+
+from .generate import generate_answers, load_model
+from .records import load_records, read_audio
+
+TASKS = ("t2t", "s2t", "cascade")
+
+
+@dataclass
+class EvalItem:
+    question: str
+    answers: list[str]
+    audio: np.ndarray | None
+
+
+def eval_items(records, task: str) -> list[EvalItem]:
+    """Records → items; audio decoded (16 kHz mono) only for the tasks that listen."""
+    needs_audio = task in ("s2t", "cascade")
+    items = []
+    for row, record in enumerate(records):
+        audio = None
+        if needs_audio:
+            if record.get("audio") is None:
+                raise ValueError(f"row {row}, column 'audio': task {task} needs audio for every record")
+            audio = read_audio(record["audio"], where=f"row {row}, column 'audio'")
+        items.append(EvalItem(record["question"], list(record["answers"]), audio))
+    return items
+
+
+def length_sorted_batches(items: list[EvalItem], batch_size: int, by_audio: bool) -> list[list[int]]:
+    """Index batches of similar length, so left padding wastes little compute."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = [len(item.audio) if by_audio else len(item.question) for item in items]
+    order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+class WhisperTranscriber:
+    """Batched Whisper ASR for the cascade baseline (any Whisper checkpoint folder or Hub id)."""
+
+    def __init__(self, asr_model: str | Path):
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.processor = WhisperProcessor.from_pretrained(asr_model)
+        self.model = WhisperForConditionalGeneration.from_pretrained(asr_model).eval()
+
+    @torch.no_grad()
+    def __call__(self, clips: list[np.ndarray]) -> list[str]:
+        features = self.processor.feature_extractor(clips, sampling_rate=16000, return_tensors="pt").input_features
+        ids = self.model.generate(features.to(self.model.device), max_new_tokens=128)
+        return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def default_asr_model() -> Path:
+    """Offline default: the converted Whisper tiny.en (pass --asr for a Hub id when online)."""
+    from .offline.ctranslate2_whisper import whisper_tiny_en_dir
+
+    return whisper_tiny_en_dir()
+
+
+def run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber=None, progress=True):
+    """Predictions (and cascade transcripts) in the items' order."""
+    predictions: list[str | None] = [None] * len(items)
+    transcripts: list[str | None] = [None] * len(items)
+    batches = length_sorted_batches(items, batch_size, by_audio=task != "t2t")
+    for batch in tqdm(batches, desc=f"eval {task}", disable=not progress):
+        chosen = [items[i] for i in batch]
+        if task == "t2t":
+            answers = generate_answers(model, processor, [it.question for it in chosen], None, max_new_tokens)
+        elif task == "s2t":
+            answers = generate_answers(model, processor, [None] * len(chosen), [it.audio for it in chosen], max_new_tokens)
+        else:
+            heard = transcriber([it.audio for it in chosen])
+            for index, text in zip(batch, heard):
+                transcripts[index] = text
+            answers = generate_answers(model, processor, heard, None, max_new_tokens)
+        for index, answer in zip(batch, answers):
+            predictions[index] = answer
+    return predictions, transcripts
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data: str,
+    task: str,
+    out_dir: str | Path,
+    batch_size: int = 8,
+    max_samples: int | None = None,
+    max_new_tokens: int = 64,
+    split: str = "test",
+    asr_model: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run one task over a QA set; writes predictions.jsonl + metrics.json and returns the metrics."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    records = load_records(data, split=split, max_samples=max_samples, require_audio=task != "t2t")
+    items = eval_items(records, task)
+    model, processor = load_model(model_dir)
+    transcriber = WhisperTranscriber(asr_model or default_asr_model()) if task == "cascade" else None
+    started = time.perf_counter()
+    predictions, transcripts = run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber, progress)
+    elapsed = time.perf_counter() - started
+    scored = load_metric("spoken_qa_accuracy").compute(
+        predictions=predictions, references=[item.answers for item in items], return_hits=True
+    )
+    metrics = {
+        "task": task,
+        "accuracy": scored["accuracy"],
+        "n": len(items),
+        "samples_per_s": len(items) / elapsed if elapsed > 0 else math.inf,
+        "model": str(model_dir),
+        "data": str(data),
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+    }
+    rows = []
+    for item, prediction, transcript, hit in zip(items, predictions, transcripts, scored["hits"]):
+        row = {"question": item.question, "prediction": prediction, "answers": item.answers, "correct": bool(hit)}
+        if transcript is not None:
+            row["transcript"] = transcript
+        rows.append(row)
+    write_results(Path(out_dir), rows, metrics)
+    return metrics
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
+
+
+def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    _atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model folder")
+    parser.add_argument("--data", required=True, help="Hub id (fixie-ai/llama-questions, …), datasets folder or .jsonl")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--out", required=True, type=Path, help="output folder for predictions.jsonl and metrics.json")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-samples", type=int)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--asr", help="Whisper checkpoint for --task cascade (default: the offline Whisper tiny.en)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    metrics = evaluate_model(
+        args.model, args.data, args.task, args.out, args.batch_size, args.max_samples, args.max_new_tokens,
+        args.split, args.asr,
+    )
+    print(json.dumps(metrics))
+    return metrics
