@@ -1,0 +1,59 @@
+"""Batched vs one-at-a-time greedy T2T answering on offline-mini, side by side in one run.
+
+Last line: {"speedup": throughput(bs=8) / throughput(bs=1), "identical": all answers equal, ...}
+Target: speedup >= 4 with identical greedy answers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from speech_llama.evaluation import eval_items, run_predictions
+from speech_llama.generate import load_model
+from speech_llama.presets import build_offline_mini
+from speech_llama.records import load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ROOT / "data" / "demo_qa.jsonl"
+MODEL_DIR = ROOT / "runs" / "offline-mini"
+NUM_QUESTIONS = 32
+MAX_NEW_TOKENS = 32
+
+
+def timed_predictions(model, processor, items, batch_size: int) -> tuple[list[str], float]:
+    started = time.perf_counter()
+    predictions, _ = run_predictions(model, processor, items, "t2t", batch_size, MAX_NEW_TOKENS, progress=False)
+    return predictions, time.perf_counter() - started
+
+
+def main() -> int:
+    if not (MODEL_DIR / "config.json").is_file():
+        build_offline_mini(MODEL_DIR)
+    model, processor = load_model(MODEL_DIR)
+    items = eval_items(load_records(QUESTIONS, max_samples=NUM_QUESTIONS), "t2t")
+    timed_predictions(model, processor, items[:2], batch_size=2)  # warm-up (allocator, kernels)
+    single, single_s = timed_predictions(model, processor, items, batch_size=1)
+    batched, batched_s = timed_predictions(model, processor, items, batch_size=8)
+    differing = [i for i, (a, b) in enumerate(zip(single, batched)) if a != b]
+    result = {
+        "speedup": round(single_s / batched_s, 3),
+        "identical": not differing,
+        "differing_rows": differing,
+        "n": len(items),
+        "bs1_samples_per_s": round(len(items) / single_s, 3),
+        "bs8_samples_per_s": round(len(items) / batched_s, 3),
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "threads": torch.get_num_threads(),
+        "target": {"speedup": 4.0, "identical": True},
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
