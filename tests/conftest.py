@@ -19,3 +19,16 @@ def tiny(tiny_model_dir):
     """(model, processor) of the tiny random model, project classes."""
     return load_model(tiny_model_dir)
 
+
+
+@pytest.fixture(scope="session")
+def offline_mini_dir(tmp_path_factory):
+    """The real-weight preset (SmolLM2-135M-Instruct + Whisper tiny.en), built once per session."""
+    from speech_llama.presets import build_offline_mini
+
+    return build_offline_mini(tmp_path_factory.mktemp("models") / "offline-mini")
+
+
+@pytest.fixture(scope="session")
+def offline_mini(offline_mini_dir):
+    return load_model(offline_mini_dir)
