@@ -11,6 +11,8 @@ COMMANDS = {
     "build": ("speech_llama.build", "assemble a SpeechLlama model folder (presets or Hub ids / local dirs)"),
     "synthesize": ("speech_llama.synthesize", "speak QA / instruction records with Piper TTS (16 kHz wavs + data.jsonl)"),
     "generate": ("speech_llama.generate", "answer a typed question or a wav file with a model folder"),
+    "demo": ("speech_llama.demo", "serve the Gradio Space (importance explorer + try-it) on localhost"),
+    "reproduce": ("speech_llama.reproduce", "the seed paper's experiments in miniature, end to end (results.json + report.md)"),
     "eval": ("speech_llama.evaluation", "spoken-QA accuracy: T2T, S2T or the Whisper-ASR cascade (batched, greedy)"),
 }
 

@@ -1,0 +1,208 @@
+"""The Gradio Space, driven in a real headless Chromium (Debian `chromium` + Playwright).
+
+A tiny content set is built in-process (tiny-random model, its text importance, a second checkpoint,
+a deactivation result); `python -m speech_llama.demo` serves it on a free localhost port, and the
+browser checks every tab. Screenshots go to the test's tmp folder; the layer-importance one is also
+copied to runs/space-screenshot.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from space_fixtures import build_tiny_content, write_wav
+
+from spaces_demo.folder import ArtifactFolder, NotInFolder
+from spaces_demo.uploads import UploadRejected, check_spoken_question
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+INSTALL_HINT = "install them with `apt-get install -y chromium` and `.venv/bin/pip install playwright` (no `playwright install` needed)"
+REPO = Path(__file__).resolve().parents[1]
+SERVER_START_S = 90
+STEP_MS = 60_000
+
+
+# --- fast checks without a browser -------------------------------------------------------------
+
+
+def test_upload_checks_give_friendly_messages(tmp_path):
+    ok = check_spoken_question(write_wav(tmp_path / "q.wav", 1.0))
+    assert ok.audio.dtype == np.float32 and abs(ok.seconds - 1.0) < 1e-3
+
+    long_clip = tmp_path / "long.wav"
+    with wave.open(str(long_clip), "wb") as handle:  # 31 s of silence at 8 kHz: small file, too long
+        handle.setnchannels(1), handle.setsampwidth(2), handle.setframerate(8000)
+        handle.writeframes(bytes(2 * 8000 * 31))
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"RIFF" + bytes(10 * 2**20 + 1))
+    fake = tmp_path / "fake.wav"
+    fake.write_text("not a wave file")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path, expected in ((long_clip, "at most 30 s"), (big, "limited to 10 MB"), (fake, "could not be read as audio"), (text, "not audio")):
+        with pytest.raises(UploadRejected, match=expected):
+            check_spoken_question(path)
+
+
+def test_folder_resolves_only_labels_it_listed(tmp_path):
+    (tmp_path / "outside.json").write_text('{"fraction": 0.03, "ppl": {"base": 1.0}}')
+    folder = ArtifactFolder(tmp_path / "space")
+    (folder.root / "deactivation").mkdir(parents=True)
+    (folder.root / "deactivation" / "r.json").write_text('{"fraction": 0.03, "ppl": {"base": 2.0, "top": 9.0}}')
+    found = folder.deactivation_results()
+    assert list(found) == ["deactivation/r.json"]
+    assert folder.resolve("deactivation/r.json", found, "result") == folder.root / "deactivation" / "r.json"
+    for label in ("../outside.json", str(tmp_path / "outside.json"), ""):
+        with pytest.raises(NotInFolder):
+            folder.resolve(label, found, "result")
+
+
+# --- the running Space in Chromium --------------------------------------------------------------
+
+
+def _require_browser():
+    """Chromium and Playwright are required: a missing one fails the test (never a skip)."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"Debian chromium is missing at {CHROMIUM}; {INSTALL_HINT}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"the Playwright Python package is missing; {INSTALL_HINT}")
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_serving(process: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the Space exited with code {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the Space did not serve {url} within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def content(tmp_path_factory):
+    return build_tiny_content(tmp_path_factory.mktemp("space"))
+
+
+@pytest.fixture(scope="module")
+def space_url(content, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("space-log") / "server.log"
+    command = [
+        sys.executable, "-m", "speech_llama.demo", "--host", "127.0.0.1", "--port", str(port),
+        "--model", str(content.model_dir), "--artifacts", str(content.folder),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(process, url, log)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in log.read_text().split("Keyboard interruption")[0], log.read_text()[-3000:]
+
+
+def _text_appears(page, selector: str, text: str) -> None:
+    page.wait_for_function(
+        "([selector, text]) => { const node = document.querySelector(selector); return node && node.innerText.includes(text); }",
+        arg=[selector, text], timeout=STEP_MS,
+    )
+
+
+def _plot_drawn(page, selector: str) -> None:
+    """A matplotlib gr.Plot is drawn as an <img> holding the figure."""
+    image = page.locator(f"{selector} img").first
+    image.wait_for(state="visible", timeout=STEP_MS)
+    assert (image.get_attribute("src") or "").startswith("data:image/")
+
+
+def _upload(page, path: Path) -> None:
+    page.locator("#upload-audio input[type=file]").set_input_files(str(path))
+
+
+@pytest.mark.slow
+def test_space_in_headless_chromium(content, space_url, tmp_path):
+    sync_playwright = _require_browser()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(space_url, wait_until="domcontentloaded")
+
+            # Layer importance (the first tab): the profile plot and the per-artifact table.
+            _plot_drawn(page, "#layer-plot")
+            _text_appears(page, "#li-artifacts", "importance/tiny-seed0-text")
+            page.screenshot(path=str(shots / "1-layer-importance.png"), full_page=True)
+
+            # Matrix explorer: heatmap + rank clustering; then |Δθ| between the two checkpoints.
+            page.get_by_role("tab", name="Matrix explorer").click()
+            _plot_drawn(page, "#matrix-plot")
+            _text_appears(page, "#mx-note", "Rank clustering")
+            page.get_by_text("|Δθ| between two checkpoints").click()
+            page.click("#ck-compare")
+            _plot_drawn(page, "#change-plot")
+            page.screenshot(path=str(shots / "2-matrix-explorer.png"), full_page=True)
+
+            # Deactivation (Table 1) and Layer-LR.
+            page.get_by_role("tab", name="Deactivation (Table 1)").click()
+            _text_appears(page, "#dt-table", "tiny-text-3pct")
+            _plot_drawn(page, "#dt-plot")
+            page.get_by_role("tab", name="Layer-LR").click()
+            _plot_drawn(page, "#lr-plot")
+
+            # Try it: a wav gets an answer with its speech-token count; bad uploads get a message.
+            page.get_by_role("tab", name="Try it").click()
+            _upload(page, content.question_wav)
+            _text_appears(page, "#upload-note", "Loaded")
+            page.click("#ask-audio")
+            _text_appears(page, "#answer", "speech tokens")
+            assert "S2T" in page.inner_text("#answer")
+            page.fill("#question textarea", "What is the capital of France?")
+            page.click("#ask-text")
+            _text_appears(page, "#answer", "T2T")
+            _upload(page, content.oversized)
+            _text_appears(page, "#upload-note", "limited to 10 MB")
+            _upload(page, content.not_audio)
+            _text_appears(page, "#upload-note", "not audio")
+            page.screenshot(path=str(shots / "3-try-it.png"), full_page=True)
+            assert "Traceback" not in page.inner_text("body")
+        finally:
+            browser.close()
+    (REPO / "runs").mkdir(exist_ok=True)
+    shutil.copyfile(shots / "1-layer-importance.png", REPO / "runs" / "space-screenshot.png")
