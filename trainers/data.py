@@ -1,0 +1,141 @@
+"""Records → training batches: dataset loading, the (mixed) collator and its epoch callback.
+
+Records follow the DESIGN.md contract (`speech_llama.records.load_records`: question, answers,
+response, audio). Batches come from the shared `QACollator` (prompt in LLaMA-Omni's chat format,
+loss on the response only, left padding, per-clip audio features). `mix_text_ratio` gives a share
+of the training records as text (T2T) instead of speech: decided per record, so one batch may hold
+both kinds of row — the model merges speech only where a row has `<speech>` placeholders.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from speech_llama.collate import QACollator, target_text
+from speech_llama.generate import qa_training_text
+from speech_llama.records import load_records, read_audio
+
+from .arguments import DataArguments
+
+ROW_COLUMN = "_row"
+
+
+def needs_audio(data_args: DataArguments) -> bool:
+    """Speech prompts need audio on every record unless every record is given as text."""
+    return data_args.input == "speech" and data_args.mix_text_ratio < 1
+
+
+def load_split(source: str, split: str, max_samples: int | None, require_audio: bool) -> datasets.Dataset:
+    """Contract records with a `_row` column (0-based index), which errors and T2T mixing use."""
+    records = load_records(source, split=split, max_samples=max_samples, require_audio=require_audio,
+                           require_answers=True)
+    return records.add_column(ROW_COLUMN, list(range(len(records))))
+
+
+def load_datasets(data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(train, eval or None) records as the run's data arguments describe them."""
+    audio = needs_audio(data_args)
+    train = load_split(data_args.train_data, data_args.train_split, data_args.max_train_samples, audio)
+    evaluation = None
+    if data_args.eval_data:
+        # Evaluation never mixes: it measures the configured input (S2T for speech).
+        evaluation = load_split(data_args.eval_data, data_args.eval_split, data_args.max_eval_samples,
+                                data_args.input == "speech")
+    return train, evaluation
+
+
+@dataclass
+class MixedQACollator(QACollator):
+    """`QACollator` (same prompts, labels, padding) giving a seeded share of records as text (T2T).
+
+    Args (beyond `QACollator`'s):
+        mix_text_ratio: probability that a record is given as text; 0 = all speech (or all text
+            with `input="text"`), 1 = all text.
+        seed: with the record's `_row` and the current `epoch`, fixes each choice, so a resumed
+            run and every DDP rank see the same prompts; a record may switch between epochs.
+        epoch: set by `MixEpochCallback` at each epoch start.
+        source: the records' file or id, named in errors with the row and column.
+    """
+
+    mix_text_ratio: float = 0.0
+    seed: int = 0
+    epoch: int = 0
+    source: str = "records"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.mix_text_ratio <= 1:
+            raise ValueError(f"mix_text_ratio must be in [0, 1], got {self.mix_text_ratio}")
+
+    def _where(self, record: dict[str, Any]) -> str:
+        row = record.get(ROW_COLUMN)
+        return f"{self.source}, row {row + 1}" if isinstance(row, int) else f"{self.source}, record ?"
+
+    def as_text(self, record: dict[str, Any]) -> bool:
+        """Whether this record's prompt carries the question text (T2T) this epoch."""
+        if self.input == "text" or self.mix_text_ratio >= 1:
+            return True
+        if self.mix_text_ratio <= 0:
+            return False
+        if ROW_COLUMN not in record:
+            raise ValueError(f"mixing text and speech needs the {ROW_COLUMN!r} column (trainers.data.load_split adds it)")
+        # A string seed is hashed with SHA-512 by `random`: stable across processes and runs.
+        draw = random.Random(f"{self.seed}:{self.epoch}:{record[ROW_COLUMN]}").random()
+        return draw < self.mix_text_ratio
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """One batch whose rows are T2T or S2T as `as_text` decides, padded together."""
+        prompts, completions, audios = [], [], []
+        for record in records:
+            as_text = self.as_text(record)
+            where = self._where(record)
+            prompt, completion = qa_training_text(
+                self.processor, target_text(record, where), question=record.get("question"), speech=not as_text
+            )
+            prompts.append(prompt)
+            completions.append(completion)
+            if as_text:
+                audios.append(None)
+            elif record.get("audio") is None:
+                raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
+            else:
+                audios.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))
+        has_speech = any(audio is not None for audio in audios)
+        encoded = self.processor(text=prompts, audio=audios if has_speech else None, sampling_rate=16000,
+                                 padding=False, return_tensors=None)
+        completion_ids = self.processor.tokenizer(completions, add_special_tokens=False)["input_ids"]
+        batch = self._pad(encoded["input_ids"], completion_ids)
+        if has_speech:
+            batch["input_features"] = torch.as_tensor(np.asarray(encoded["input_features"]))
+            batch["input_features_mask"] = torch.as_tensor(np.asarray(encoded["input_features_mask"]))
+        return batch
+
+
+class MixEpochCallback(TrainerCallback):
+    """Tells a `MixedQACollator` which epoch is starting, so its T2T draws change per epoch."""
+
+    def __init__(self, collator: MixedQACollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
+def build_collators(processor, data_args: DataArguments, seed: int) -> tuple[MixedQACollator, MixedQACollator]:
+    """(training collator with T2T mixing, evaluation collator without it)."""
+    train = MixedQACollator(processor, input=data_args.input, max_length=data_args.max_length,
+                            mix_text_ratio=data_args.mix_text_ratio, seed=seed, source=data_args.train_data)
+    evaluation = MixedQACollator(processor, input=data_args.input, max_length=data_args.max_length,
+                                 source=data_args.eval_data or "eval")
+    return train, evaluation
+
+
+__all__ = ["MixEpochCallback", "MixedQACollator", "ROW_COLUMN", "build_collators", "load_datasets", "load_split",
+           "needs_audio"]

@@ -1,0 +1,170 @@
+"""`SpeechLlamaTrainer`: a `transformers.Trainer` whose optimizer carries per-layer learning rates.
+
+The only behaviour added to `Trainer` is in `create_optimizer` (named parameter groups, Layer-LR
+coefficients, an optional adaptor rate) and an optional evaluation collator. Everything else —
+schedulers, checkpoints, resume, DDP / FSDP through accelerate — is `Trainer`'s own.
+
+Why per-group rates survive the schedule: `LambdaLR` (warmup, cosine, linear …) stores each group's
+`initial_lr` and sets `lr = initial_lr · λ(step)` with one λ for all groups, so the ratios
+c_l = lr_l / lr_base hold at every step; checkpoints store `lr` and `initial_lr` per group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_optimizer import is_optimizer_factory
+
+from .layer_lr import LayerLRSpec, build_param_groups, write_layer_lr_json
+
+logger = logging.getLogger(__name__)
+
+
+class DeepSpeedOptimizerError(ValueError):
+    """A DeepSpeed config brings its own optimizer, which would silently drop our parameter groups."""
+
+
+def deepspeed_optimizer_block(deepspeed: str | dict | None) -> dict | None:
+    """The ``optimizer`` block of a DeepSpeed config (a path to a JSON file or a dict), else None.
+
+    Read directly (not through the deepspeed package) so the check also runs before `TrainingArguments`
+    would import deepspeed.
+    """
+    if not deepspeed:
+        return None
+    if isinstance(deepspeed, (str, Path)):
+        path = Path(deepspeed)
+        if not path.is_file():
+            return None  # TrainingArguments reports a missing file with its own message
+        config = json.loads(path.read_text())
+    else:
+        config = dict(deepspeed)
+    return config.get("optimizer")
+
+
+def refuse_deepspeed_optimizer(deepspeed: str | dict | None, reason: str) -> None:
+    """Raise when ``deepspeed`` carries an optimizer block while ``reason`` needs our groups."""
+    block = deepspeed_optimizer_block(deepspeed)
+    if block is not None:
+        raise DeepSpeedOptimizerError(
+            f"the DeepSpeed config defines its own optimizer ({block.get('type', '?')}); DeepSpeed would then build "
+            f"it from all parameters at one learning rate and silently drop the per-group rates that {reason} needs. "
+            "Remove the 'optimizer' block from the DeepSpeed config (the Trainer then builds the optimizer from "
+            "--optim and our groups, and DeepSpeed wraps it)."
+        )
+
+
+class SpeechLlamaTrainer(Trainer):
+    """`Trainer` with named parameter groups: per decoder layer (Layer-LR), adaptor, rest.
+
+    Args:
+        layer_lr: coefficients c_l from an importance summary (`trainers.layer_lr.layer_lr_spec`);
+            decoder layer l then learns at `c_l · learning_rate`. None: one rate for all layers.
+        adaptor_lr: learning rate of the speech adaptor's groups (None: `learning_rate`).
+        eval_data_collator: collator for evaluation (e.g. without T2T mixing); None: `data_collator`.
+        Other arguments are `Trainer`'s.
+    """
+
+    def __init__(
+        self,
+        *args,
+        layer_lr: LayerLRSpec | None = None,
+        adaptor_lr: float | None = None,
+        eval_data_collator=None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.layer_lr = layer_lr
+        self.adaptor_lr = adaptor_lr
+        self.eval_data_collator = eval_data_collator
+        if layer_lr is not None and layer_lr.base_lr != self.args.learning_rate:
+            raise ValueError(f"layer_lr.base_lr ({layer_lr.base_lr}) differs from learning_rate ({self.args.learning_rate})")
+        if self.uses_group_rates:
+            refuse_deepspeed_optimizer(self.args.deepspeed, self._group_rate_reason())
+
+    @property
+    def uses_group_rates(self) -> bool:
+        """True when some groups do not run at `learning_rate` (Layer-LR or a separate adaptor rate)."""
+        return self.layer_lr is not None or self.adaptor_lr is not None
+
+    def _group_rate_reason(self) -> str:
+        return "Layer-LR" if self.layer_lr is not None else "adaptor_lr"
+
+    def parameter_groups(self, model: torch.nn.Module | None = None) -> list[dict]:
+        """The named groups `create_optimizer` builds (see `trainers.layer_lr.build_param_groups`)."""
+        model = self.model if model is None else model
+        return build_param_groups(
+            model.named_parameters(),
+            self.get_decay_parameter_names(model),
+            base_lr=self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            coefficients=self.layer_lr.coefficients if self.layer_lr is not None else None,
+            adaptor_lr=self.adaptor_lr,
+        )
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Build `--optim` over our named groups; write and log `layer_lr.json` for Layer-LR."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        groups = self.parameter_groups(opt_model)
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        replaced = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+        if replaced or is_optimizer_factory(optimizer_cls):
+            # GaLore, LOMO, layer-wise and factory optimizers build their own groups.
+            if self.uses_group_rates:
+                raise ValueError(f"--optim {self.args.optim} builds its own parameter groups, which would drop the "
+                                 f"per-group rates {self._group_rate_reason()} needs; use an AdamW variant")
+            return super().create_optimizer(model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self._report_groups(groups)
+        return self.optimizer
+
+    def _report_groups(self, groups: list[dict]) -> None:
+        """Log the group rates; for Layer-LR write `output_dir/layer_lr.json` (main process)."""
+        summary = ", ".join(f"{g['name']}={g['lr']:.3g}({len(g['params'])})" for g in groups)
+        logger.info("optimizer groups (lr, #tensors): %s", summary)
+        if self.layer_lr is None:
+            return
+        coefficients = ", ".join(f"{c:.4f}" for c in self.layer_lr.coefficients)
+        logger.info("Layer-LR %s α=%s base_lr=%s coefficients: [%s]", self.layer_lr.scheme, self.layer_lr.alpha,
+                    self.layer_lr.base_lr, coefficients)
+        if self.args.should_save:
+            write_layer_lr_json(self.layer_lr, self.args.output_dir)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation batches through `eval_data_collator` when one is set."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def _get_learning_rate(self) -> float:
+        """The scheduled base rate (`learning_rate · λ(step)`), not group 0's (which may be c_0 · base)."""
+        for group in getattr(self.optimizer, "param_groups", []):
+            if group.get("initial_lr"):
+                return self.args.learning_rate * group["lr"] / group["initial_lr"]
+        return super()._get_learning_rate()
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Also log the adaptor's current rate when it differs from the base rate."""
+        if self.adaptor_lr is not None and self.optimizer is not None and "learning_rate" in logs:
+            for group in self.optimizer.param_groups:
+                if group.get("name", "").startswith("adaptor"):
+                    logs["adaptor_learning_rate"] = group["lr"]
+                    break
+        super().log(logs, *args, **kwargs)
+
+
+__all__ = ["DeepSpeedOptimizerError", "SpeechLlamaTrainer", "deepspeed_optimizer_block", "refuse_deepspeed_optimizer"]
