@@ -1,0 +1,236 @@
+"""The importance artifact: `X.safetensors` (one fp32 tensor per analysed parameter) + `X.json`.
+
+Contract (DESIGN.md, "Importance artifact"): the tensors are keyed by the parameter's name in
+the model (e.g. ``language_model.model.layers.3.mlp.down_proj.weight``) and have its shape; the
+JSON summary holds ``model``, ``input``, ``num_samples``, ``num_tokens``, ``reduction``,
+``layers`` (``I_l`` = Σ importance over decoder layer ``l``), ``modules`` (``{suffix:
+[per-layer sums]}``, suffix = the name after ``layers.{l}.``) and ``created``; this engine adds
+``params`` (the selection regex), ``skipped_batches``, ``num_parameters`` and ``other`` (sums of
+analysed parameters outside the decoder layers, e.g. embeddings).
+
+Both files are written atomically (a temporary sibling renamed into place with ``os.replace``),
+so a reader never sees a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+# Every parameter of the LLM's decoder layers (the paper's analysed set).
+DEFAULT_PARAMS = r"language_model\.model\.layers\."
+# "[language_model.]model.layers.{l}.{suffix}" → (l, suffix): the LLM's decoder layers only (the
+# Whisper encoder's "encoder.layers.{l}" are not decoder layers); the suffix names the module type.
+LAYER_NAME = re.compile(r"^(?:language_model\.)?model\.layers\.(\d+)\.(.+)$")
+SUMMARY_KEYS = ("model", "input", "num_samples", "num_tokens", "reduction", "layers", "modules", "created")
+
+
+def json_path_for(path: str | os.PathLike) -> Path:
+    """`X.safetensors` → `X.json` (the summary that travels with the tensors)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: an importance artifact must end in .safetensors")
+    return path.with_suffix(".json")
+
+
+def layer_and_module(name: str) -> tuple[int, str] | None:
+    """(layer index, module suffix) of an LLM decoder-layer parameter name; None for any other
+    (embeddings, lm_head, encoder, adaptor)."""
+    match = LAYER_NAME.search(name)
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def summarize(importances: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, Any]:
+    """Per-layer and per-module sums of |importance|.
+
+    Args:
+        importances: name → tensor (any shape), as stored in the artifact.
+        num_layers: L, the number of decoder layers (layers never analysed sum to 0).
+    Returns:
+        ``{"layers": [I_0 … I_{L-1}], "modules": {suffix: [L sums]}, "other": {name: sum}}``;
+        sums are float64 Python floats.
+    Raises:
+        ValueError: a parameter names a layer index ≥ ``num_layers``.
+    """
+    layers = [0.0] * num_layers
+    modules: dict[str, list[float]] = {}
+    other: dict[str, float] = {}
+    for name, tensor in importances.items():
+        total = float(tensor.detach().abs().sum(dtype=torch.float64))
+        located = layer_and_module(name)
+        if located is None:
+            other[name] = total
+            continue
+        layer, suffix = located
+        if layer >= num_layers:
+            raise ValueError(f"{name}: layer {layer} but the model has {num_layers} decoder layers")
+        layers[layer] += total
+        modules.setdefault(suffix, [0.0] * num_layers)[layer] += total
+    return {"layers": layers, "modules": dict(sorted(modules.items())), "other": other}
+
+
+def build_summary(
+    importances: Mapping[str, torch.Tensor],
+    *,
+    num_layers: int,
+    model: str,
+    input: str,
+    num_samples: int,
+    num_tokens: int,
+    reduction: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The artifact's JSON summary (contract keys first, then ``extra``, e.g. skipped_batches)."""
+    sums = summarize(importances, num_layers)
+    return {
+        "model": model,
+        "input": input,
+        "num_samples": int(num_samples),
+        "num_tokens": int(num_tokens),
+        "reduction": reduction,
+        "layers": sums["layers"],
+        "modules": sums["modules"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_parameters": int(sum(t.numel() for t in importances.values())),
+        "other": sums["other"],
+        **extra,
+    }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(temp_path)`` on a temporary sibling of ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temp_name)
+        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.remove(temp_name)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (temp sibling + ``os.replace``)."""
+    path = Path(path)
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
+    return path
+
+
+def save_artifact(path: str | os.PathLike, importances: Mapping[str, torch.Tensor], summary: Mapping[str, Any]) -> Path:
+    """Write `X.safetensors` (fp32, contiguous) and `X.json`, each atomically.
+
+    The tensors go first: a JSON next to the tensors always describes the tensors beside it
+    once both writes finished (an interrupted run leaves at most a stale JSON, never a torn one).
+    """
+    path = Path(path)
+    json_path = json_path_for(path)
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise ValueError(f"summary lacks the contract keys {missing}")
+    tensors = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in importances.items()}
+    metadata = {"format": "speech-llama-importance", "reduction": str(summary["reduction"]), "input": str(summary["input"])}
+    atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    text = json.dumps(dict(summary), indent=2) + "\n"
+    atomic_write(json_path, lambda temp: Path(temp).write_text(text))
+    return path
+
+
+@dataclass
+class ImportanceArtifact:
+    """A stored artifact opened lazily: tensors are read one at a time from the safetensors file.
+
+    Attributes:
+        path: the `.safetensors` file.
+        summary: the parsed `.json` summary.
+        shapes: name → shape of every stored tensor, in file order.
+    """
+
+    path: Path
+    summary: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One importance tensor (fp32)."""
+        with safe_open(str(self.path), framework="pt") as handle:
+            return handle.get_tensor(name).float()
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) for every stored parameter, reading one tensor at a time."""
+        with safe_open(str(self.path), framework="pt") as handle:
+            for name in self.shapes:
+                yield name, handle.get_tensor(name).float()
+
+    def load_all(self) -> dict[str, torch.Tensor]:
+        """All tensors in memory (one copy), checked finite and non-negative."""
+        loaded = {}
+        for name, tensor in self.tensors():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{self.path}: importance of {name} has non-finite values")
+            if (tensor < 0).any():
+                raise ValueError(f"{self.path}: importance of {name} has negative values (expected |θ·g|)")
+            loaded[name] = tensor
+        return loaded
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.summary["layers"])
+
+
+def load_artifact(path: str | os.PathLike) -> ImportanceArtifact:
+    """Open `X.safetensors` and its `X.json`.
+
+    Raises:
+        FileNotFoundError: either file is missing.
+        ValueError: the JSON lacks a contract key.
+    """
+    path = Path(path)
+    json_path = json_path_for(path)
+    for required in (path, json_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required}: no such file (an importance artifact is X.safetensors + X.json)")
+    summary = json.loads(json_path.read_text())
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise ValueError(f"{json_path}: summary lacks the contract keys {missing}")
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    return ImportanceArtifact(path=path, summary=summary, shapes=shapes)
+
+
+def check_against_model(shapes: Mapping[str, tuple[int, ...]], model: torch.nn.Module, where: str = "artifact") -> None:
+    """Every stored tensor must name a parameter of ``model`` with the same shape.
+
+    Raises:
+        ValueError: naming the first mismatch — a name the model lacks, or the parameter's
+            expected shape and the shape found in the artifact.
+    """
+    parameters = dict(model.named_parameters())
+    for name, shape in shapes.items():
+        if name not in parameters:
+            close = [known for known in parameters if known.endswith(name.split(".", 1)[-1])][:3]
+            hint = f"; similar names in the model: {close}" if close else ""
+            raise ValueError(f"{where}: parameter {name!r} (shape {tuple(shape)}) is not in the model{hint}")
+        expected = tuple(parameters[name].shape)
+        if expected != tuple(shape):
+            raise ValueError(f"{where}: parameter {name!r}: the model expects shape {expected}, the artifact has {tuple(shape)}")
