@@ -52,26 +52,36 @@ class QACollator:
         if self.input not in ("text", "speech"):
             raise ValueError(f"input must be 'text' or 'speech', got {self.input!r}")
 
+    def as_text(self, record: dict[str, Any]) -> bool:
+        """Whether this record's prompt carries the question text (T2T) rather than its audio."""
+        return self.input == "text"
+
+    def _where(self, record: dict[str, Any]) -> str:
+        return f"record {record.get('_row', '?')}"
+
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        speech = self.input == "speech"
+        """One batch whose rows are T2T or S2T as `as_text` decides, padded together."""
         prompts, completions, audios = [], [], []
         for record in records:
-            where = f"record {record.get('_row', '?')}"
+            as_text = self.as_text(record)
+            where = self._where(record)
             prompt, completion = qa_training_text(
-                self.processor, target_text(record, where), question=record.get("question"), speech=speech
+                self.processor, target_text(record, where), question=record.get("question"), speech=not as_text
             )
             prompts.append(prompt)
             completions.append(completion)
-            if speech:
-                if record.get("audio") is None:
-                    raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
+            if as_text:
+                audios.append(None)
+            elif record.get("audio") is None:
+                raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
+            else:
                 audios.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))
-        encoded = self.processor(
-            text=prompts, audio=audios if speech else None, sampling_rate=16000, padding=False, return_tensors=None
-        )
+        has_speech = any(audio is not None for audio in audios)
+        encoded = self.processor(text=prompts, audio=audios if has_speech else None, sampling_rate=16000,
+                                 padding=False, return_tensors=None)
         completion_ids = self.processor.tokenizer(completions, add_special_tokens=False)["input_ids"]
         batch = self._pad(encoded["input_ids"], completion_ids)
-        if speech:
+        if has_speech:
             batch["input_features"] = torch.as_tensor(np.asarray(encoded["input_features"]))
             batch["input_features_mask"] = torch.as_tensor(np.asarray(encoded["input_features_mask"]))
         return batch

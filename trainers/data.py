@@ -14,13 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
-import numpy as np
-import torch
 from transformers import TrainerCallback
 
-from speech_llama.collate import QACollator, target_text
-from speech_llama.generate import qa_training_text
-from speech_llama.records import load_records, read_audio
+from speech_llama.collate import QACollator
+from speech_llama.records import load_records
 
 from .arguments import DataArguments
 
@@ -89,33 +86,6 @@ class MixedQACollator(QACollator):
         # A string seed is hashed with SHA-512 by `random`: stable across processes and runs.
         draw = random.Random(f"{self.seed}:{self.epoch}:{record[ROW_COLUMN]}").random()
         return draw < self.mix_text_ratio
-
-    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """One batch whose rows are T2T or S2T as `as_text` decides, padded together."""
-        prompts, completions, audios = [], [], []
-        for record in records:
-            as_text = self.as_text(record)
-            where = self._where(record)
-            prompt, completion = qa_training_text(
-                self.processor, target_text(record, where), question=record.get("question"), speech=not as_text
-            )
-            prompts.append(prompt)
-            completions.append(completion)
-            if as_text:
-                audios.append(None)
-            elif record.get("audio") is None:
-                raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
-            else:
-                audios.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))
-        has_speech = any(audio is not None for audio in audios)
-        encoded = self.processor(text=prompts, audio=audios if has_speech else None, sampling_rate=16000,
-                                 padding=False, return_tensors=None)
-        completion_ids = self.processor.tokenizer(completions, add_special_tokens=False)["input_ids"]
-        batch = self._pad(encoded["input_ids"], completion_ids)
-        if has_speech:
-            batch["input_features"] = torch.as_tensor(np.asarray(encoded["input_features"]))
-            batch["input_features_mask"] = torch.as_tensor(np.asarray(encoded["input_features_mask"]))
-        return batch
 
 
 class MixEpochCallback(TrainerCallback):
