@@ -1,8 +1,11 @@
 """Benchmark: spoken questions per second through ``synthesize_records`` (Piper → 16 kHz wav).
 
 Times the full pipeline a user runs (TTS, 22 050 → 16 000 Hz resampling, atomic wav writes,
-data.jsonl) on N distinct questions, after loading the voice once (load time reported apart).
-The last line printed is JSON: {"questions_per_s": ..., "target": 5, "ok": ...}.
+data.jsonl) on N distinct questions. Start-up — loading the voice and Piper's first call, which
+initialises the phonemizer and ONNX Runtime (≈ 2 s, once per process) — is timed apart and also
+folded into an end-to-end rate, so both the steady rate and what a short run sees are printed.
+The last line printed is JSON: {"questions_per_s": ..., "end_to_end_questions_per_s": ...,
+"startup_s": ..., "target": 5, "ok": ...}; `ok` judges the steady rate.
 
     python bench/synthesize.py [--n 40]
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speech_llama.synthesize import synthesize_records, tts_voice  # noqa: E402
+from speech_llama.synthesize import synthesize_records, synthesize_text, tts_voice  # noqa: E402
 
 TARGET_QUESTIONS_PER_S = 5.0
 
@@ -47,6 +50,8 @@ def main() -> int:
     start = time.perf_counter()
     tts_voice()
     load_s = time.perf_counter() - start
+    synthesize_text("Warming up the voice.")
+    startup_s = time.perf_counter() - start
 
     records = benchmark_questions(args.n)
     with tempfile.TemporaryDirectory() as out_dir:
@@ -56,10 +61,12 @@ def main() -> int:
         audio_s = sum(f.stat().st_size - 44 for f in Path(out_dir, "audio").glob("*.wav")) / 32_000
 
     rate = len(records) / elapsed
-    print(f"voice load: {load_s:.2f} s")
+    end_to_end = len(records) / (elapsed + startup_s)
+    print(f"voice load: {load_s:.2f} s, start-up with the first call: {startup_s:.2f} s")
     print(f"synthesised {len(records)} questions ({audio_s:.1f} s of audio) in {elapsed:.2f} s")
     print(f"{rate:.2f} questions/s, real-time factor {elapsed / audio_s:.3f}")
-    print(json.dumps({"questions_per_s": round(rate, 2), "target": TARGET_QUESTIONS_PER_S,
+    print(json.dumps({"questions_per_s": round(rate, 2), "end_to_end_questions_per_s": round(end_to_end, 2),
+                      "startup_s": round(startup_s, 2), "target": TARGET_QUESTIONS_PER_S,
                       "ok": rate >= TARGET_QUESTIONS_PER_S}))
     return 0
 
