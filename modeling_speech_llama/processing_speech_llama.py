@@ -106,6 +106,13 @@ class SpeechLlamaProcessor(ProcessorMixin):
             raise ValueError(f"{where}: audio is {seconds * 1000:.0f} ms long; at least {MIN_SPEECH_SECONDS * 1000:.0f} ms is needed")
         return clip
 
+    def extract_speech_features(self, clips: list, where: str = "audio") -> dict[str, np.ndarray]:
+        """Validated 16 kHz clips → `input_features` (B_a, n_mels, T_max) + `input_features_mask` (B_a, T_max),
+        without any prompt (e.g. for an encoder-side loss)."""
+        if not clips:
+            raise ValueError(f"{where}: no clips given")
+        return self._featurize([self._check_clip(clip, f"{where}[{i}]") for i, clip in enumerate(clips)])
+
     def _featurize(self, clips: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Log-mel features of each clip alone, right-padded: (B_a, n_mels, T_max) + mask (B_a, T_max)."""
         features = [

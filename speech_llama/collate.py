@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .generate import qa_training_text
+from .generate import TRANSCRIPT_INSTRUCTION, qa_training_text
 from .records import read_audio
 
 InputKind = Literal["text", "speech"]
@@ -56,8 +56,18 @@ class QACollator:
         """Whether this record's prompt carries the question text (T2T) rather than its audio."""
         return self.input == "text"
 
+    def transcript_task(self, record: dict[str, Any]) -> bool:
+        """Whether this record is trained to repeat its question instead of answering it."""
+        return False
+
     def _where(self, record: dict[str, Any]) -> str:
         return f"record {record.get('_row', '?')}"
+
+    def _target(self, record: dict[str, Any], where: str) -> tuple[str, str | None]:
+        """(completion text, prompt instruction or None for the default QA one)."""
+        if self.transcript_task(record):
+            return record["question"], TRANSCRIPT_INSTRUCTION
+        return target_text(record, where), None
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """One batch whose rows are T2T or S2T as `as_text` decides, padded together."""
@@ -65,8 +75,9 @@ class QACollator:
         for record in records:
             as_text = self.as_text(record)
             where = self._where(record)
+            target, instruction = self._target(record, where)
             prompt, completion = qa_training_text(
-                self.processor, target_text(record, where), question=record.get("question"), speech=not as_text
+                self.processor, target, question=record.get("question"), speech=not as_text, instruction=instruction
             )
             prompts.append(prompt)
             completions.append(completion)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from evaluate_metrics import load_metric
 
-from .generate import generate_answers, load_model
+from .batching import continuous_greedy_answers
+from .generate import load_model
 from .records import load_records, read_audio
 
 TASKS = ("t2t", "s2t", "cascade")
@@ -82,23 +83,24 @@ def default_asr_model() -> Path:
 
 
 def run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber=None, progress=True):
-    """Predictions (and cascade transcripts) in the items' order."""
-    predictions: list[str | None] = [None] * len(items)
+    """Predictions (and cascade transcripts) in the items' order.
+
+    Answers are decoded with continuous batching (`speech_llama.batching`): up to `batch_size`
+    rows at once, a finished row's slot refilled by the next question in length order.
+    """
     transcripts: list[str | None] = [None] * len(items)
-    batches = length_sorted_batches(items, batch_size, by_audio=task != "t2t")
-    for batch in tqdm(batches, desc=f"eval {task}", disable=not progress):
-        chosen = [items[i] for i in batch]
-        if task == "t2t":
-            answers = generate_answers(model, processor, [it.question for it in chosen], None, max_new_tokens)
-        elif task == "s2t":
-            answers = generate_answers(model, processor, [None] * len(chosen), [it.audio for it in chosen], max_new_tokens)
-        else:
-            heard = transcriber([it.audio for it in chosen])
-            for index, text in zip(batch, heard):
+    order = [i for batch in length_sorted_batches(items, batch_size, by_audio=task != "t2t") for i in batch]
+    if task == "cascade":
+        for batch in tqdm(length_sorted_batches(items, batch_size, by_audio=True), desc="transcribe", disable=not progress):
+            for index, text in zip(batch, transcriber([items[i].audio for i in batch])):
                 transcripts[index] = text
-            answers = generate_answers(model, processor, heard, None, max_new_tokens)
-        for index, answer in zip(batch, answers):
-            predictions[index] = answer
+    questions = [None if task == "s2t" else (transcripts[i] if task == "cascade" else items[i].question) for i in order]
+    audios = [items[i].audio for i in order] if task == "s2t" else None
+    answers = continuous_greedy_answers(model, processor, questions, audios, batch_size, max_new_tokens,
+                                        progress=progress, description=f"eval {task}")
+    predictions: list[str | None] = [None] * len(items)
+    for index, answer in zip(order, answers):
+        predictions[index] = answer
     return predictions, transcripts
 
 

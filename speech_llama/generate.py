@@ -15,6 +15,9 @@ import torch
 from modeling_speech_llama import SpeechLlamaForCausalLM, SpeechLlamaProcessor
 
 SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
+# The transcript task (training only): the model repeats the spoken words, which teaches the
+# adaptor words before answers (DESIGN.md, "how hard is Stage 1 on this CPU").
+TRANSCRIPT_INSTRUCTION = "\nRepeat exactly what was said."
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
@@ -29,26 +32,34 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     return model, processor
 
 
-def user_content(question: str | None, speech: bool) -> list[dict]:
-    """The user turn: `<speech>` + instruction (S2T), or the question text in its place (T2T)."""
+def user_content(question: str | None, speech: bool, instruction: str | None = None) -> list[dict]:
+    """The user turn: `<speech>` + instruction (S2T), or the question text in its place (T2T).
+
+    `instruction` replaces the default S2T instruction (and follows the question text in T2T);
+    QA prompts leave it None.
+    """
     if speech:
-        return [{"type": "audio"}, {"type": "text", "text": SPEECH_INSTRUCTION}]
+        return [{"type": "audio"}, {"type": "text", "text": instruction or SPEECH_INSTRUCTION}]
     if not question:
         raise ValueError("a text-input (T2T) prompt needs the question text")
-    return [{"type": "text", "text": question}]
+    content = [{"type": "text", "text": question}]
+    return content + [{"type": "text", "text": instruction}] if instruction else content
 
 
-def qa_prompt(processor: SpeechLlamaProcessor, question: str | None = None, speech: bool = False) -> str:
+def qa_prompt(processor: SpeechLlamaProcessor, question: str | None = None, speech: bool = False,
+              instruction: str | None = None) -> str:
     """Chat-template prompt ending with the assistant header, ready for generation."""
-    messages = [{"role": "user", "content": user_content(question, speech)}]
+    messages = [{"role": "user", "content": user_content(question, speech, instruction)}]
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def qa_training_text(processor: SpeechLlamaProcessor, response: str, question: str | None = None, speech: bool = False) -> tuple[str, str]:
+def qa_training_text(processor: SpeechLlamaProcessor, response: str, question: str | None = None, speech: bool = False,
+                     instruction: str | None = None) -> tuple[str, str]:
     """(prompt, completion): the loss is taken on the completion only (response + end-of-turn)."""
-    prompt = qa_prompt(processor, question, speech)
+    prompt = qa_prompt(processor, question, speech, instruction)
     full = processor.apply_chat_template(
-        [{"role": "user", "content": user_content(question, speech)}, {"role": "assistant", "content": response}],
+        [{"role": "user", "content": user_content(question, speech, instruction)},
+         {"role": "assistant", "content": response}],
         add_generation_prompt=False,
     )
     if not full.startswith(prompt):

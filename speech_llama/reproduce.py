@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
 METHODS = ("full", "layer_lr", "lora")
+ALIGN = "adaptor"  # the shared alignment stage (trainers' method `adaptor` with CTC: LLM frozen)
 
 
 @dataclass
@@ -50,6 +52,11 @@ class Preset:
     learning_rate: float
     lora_learning_rate: float
     adaptor_learning_rate: float
+    align_steps: int = 0  # CTC alignment steps of the adaptor (LLM frozen), run once; every method starts from them
+    align_records: int = 0  # spoken training prompts the alignment reads (the methods' prompts are a prefix)
+    align_batch_size: int = 16
+    transcript_ratio: float = 0.5  # share of speech rows trained on the transcript task
+    train_bf16: bool = False  # bf16 autocast in training (CPU with AVX512-BF16: ~1.6x faster steps here)
     max_new_tokens: int = 48
     response_tokens: int = 48
     eval_batch_size: int = 8
@@ -62,13 +69,13 @@ class Preset:
 PRESETS = {
     "cpu-mini": Preset(
         name="cpu-mini", llm=None, encoder=None, train_records=480, importance_records=200, ppl_records=100,
-        test_records=100, max_steps=120, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
-        adaptor_learning_rate=1e-3,
+        test_records=100, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
+        adaptor_learning_rate=1e-3, align_steps=300, align_records=1200, train_bf16=True,
     ),
     "cpu-mini-fast": Preset(
         name="cpu-mini-fast", llm=None, encoder=None, train_records=40, importance_records=24, ppl_records=16,
         test_records=16, max_steps=10, batch_size=4, learning_rate=1e-4, lora_learning_rate=5e-4,
-        adaptor_learning_rate=1e-3, max_new_tokens=24, response_tokens=32,
+        adaptor_learning_rate=1e-3, max_new_tokens=24, response_tokens=32, align_steps=20, align_records=80, train_bf16=True,
     ),
     "gpu-1b": Preset(
         name="gpu-1b", llm="meta-llama/Llama-3.2-1B-Instruct", encoder="openai/whisper-large-v3", train_records=2195,
@@ -111,6 +118,15 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(temporary, path)
 
 
+def training_prompts(count: int, seed: int = 0) -> list[dict]:
+    """The first `count` prompts of `data/train_questions.jsonl` in a seeded shuffle (the file is
+    grouped by kind, instructions first): any prefix mixes QA questions and instructions, and a
+    smaller set is a prefix of a larger one."""
+    prompts = _read_jsonl(DATA_DIR / "train_questions.jsonl")
+    random.Random(seed).shuffle(prompts)
+    return prompts[:count]
+
+
 class Reproduction:
     """One run of the miniature: DIR layout, stage by stage."""
 
@@ -128,11 +144,25 @@ class Reproduction:
     def spoken(self, name: str) -> Path:
         return self.dir / "data" / name / "data.jsonl"
 
+    @property
+    def qa_train_data(self) -> Path:
+        """The methods' training records: question, self-distilled response, audio (beside the spoken prompts)."""
+        return self.spoken("train").parent / "qa.jsonl"
+
     def importance(self, name: str) -> Path:
         return self.dir / "importance" / f"{name}.safetensors"
 
     def trained_model(self, method: str) -> Path:
         return self.dir / "train" / method / "final"
+
+    @property
+    def start_model(self) -> Path:
+        """Where the methods start: the aligned model when an alignment stage runs, else the base."""
+        return self.trained_model(ALIGN) if self.preset.align_steps else self.base_model
+
+    @property
+    def trained_names(self) -> tuple[str, ...]:
+        return ((ALIGN,) if self.preset.align_steps else ()) + METHODS
 
     # --- stages ---
     def stage(self, name: str, function) -> Any:
@@ -166,23 +196,27 @@ class Reproduction:
                 _write_jsonl(text_dir / f"{name}.jsonl", [{"question": r["question"], "answers": r["answers"]} for r in rows])
                 run_command(["synthesize", "--data", str(text_dir / f"{name}.jsonl"), "--out", str(self.spoken(name).parent)])
         if not _done(self.spoken("train")):
+            # Every training prompt is spoken once; the alignment stage reads them all (question only).
+            prompts = training_prompts(max(preset.align_records, preset.train_records))
+            _write_jsonl(text_dir / "align.jsonl", [{"question": prompt["question"]} for prompt in prompts])
+            run_command(["synthesize", "--data", str(text_dir / "align.jsonl"), "--out", str(self.spoken("train").parent)])
+        if not _done(self.qa_train_data):
             train_text = text_dir / "train.jsonl"
             if not _done(train_text):
-                self._self_distil(_read_jsonl(DATA_DIR / "train_questions.jsonl")[: preset.train_records], train_text)
-            run_command(["synthesize", "--data", str(train_text), "--out", str(self.spoken("train").parent)])
+                self._self_distil(training_prompts(preset.train_records), train_text)
+            audio_of = {row["question"]: row["audio"] for row in _read_jsonl(self.spoken("train"))}
+            _write_jsonl(self.qa_train_data, [{**row, "audio": audio_of[row["question"]]} for row in _read_jsonl(train_text)])
 
     def _self_distil(self, rows: list[dict], out: Path) -> None:
         """Responses of the base LLM to the typed questions: the speech model learns to answer as it would."""
-        from tqdm.auto import tqdm
-
-        from .generate import generate_answers, load_model
+        from .batching import continuous_greedy_answers
+        from .generate import load_model
 
         model, processor = load_model(self.base_model)
         questions = [row["question"] for row in rows]
-        responses: list[str] = []
-        batch = self.preset.eval_batch_size * 2
-        for start in tqdm(range(0, len(questions), batch), desc="self-distilled responses", disable=not self.progress):
-            responses += generate_answers(model, processor, questions[start : start + batch], None, self.preset.response_tokens)
+        responses = continuous_greedy_answers(model, processor, questions, None, self.preset.eval_batch_size * 2,
+                                              self.preset.response_tokens, progress=self.progress,
+                                              description="self-distilled responses")
         _write_jsonl(out, [{"question": q, "response": r} for q, r in zip(questions, responses) if r])
 
     def base_importance(self) -> dict[str, dict]:
@@ -205,19 +239,23 @@ class Reproduction:
 
     def train_config(self, method: str) -> Path:
         preset = self.preset
+        aligning = method == ALIGN
         config = {
-            "model_name_or_path": str(self.base_model),
-            "train_data": str(self.spoken("train")),
+            "model_name_or_path": str(self.base_model if aligning else self.start_model),
+            "train_data": str(self.spoken("train") if aligning else self.qa_train_data),
             "method": method,
+            **({"alignment_loss": "ctc"} if aligning else {}),
             "input": "speech",
             "max_length": 256,
+            "transcript_ratio": preset.transcript_ratio,
             "adaptor_lr": preset.adaptor_learning_rate,
             "output_dir": str(self.dir / "train" / method),
-            "learning_rate": preset.lora_learning_rate if method == "lora" else preset.learning_rate,
+            "learning_rate": (preset.adaptor_learning_rate if aligning else
+                              preset.lora_learning_rate if method == "lora" else preset.learning_rate),
             "lr_scheduler_type": "cosine",
             "warmup_steps": 0.03,
-            "max_steps": preset.max_steps,
-            "per_device_train_batch_size": preset.batch_size,
+            "max_steps": preset.align_steps if aligning else preset.max_steps,
+            "per_device_train_batch_size": preset.align_batch_size if aligning else preset.batch_size,
             "gradient_accumulation_steps": 1,
             "weight_decay": 0.0,
             "max_grad_norm": 1.0,
@@ -225,7 +263,7 @@ class Reproduction:
             "save_strategy": "no",
             "report_to": "none",
             "use_cpu": preset.use_cpu,
-            "bf16": preset.dtype == "bfloat16",
+            "bf16": (preset.dtype == "bfloat16" or preset.train_bf16) and not aligning,  # CTC runs in fp32
             "seed": 0,
             "data_seed": 0,
             "dataloader_num_workers": 0,
@@ -242,7 +280,7 @@ class Reproduction:
         from trainers.run import main as train
 
         summaries = {}
-        for method in METHODS:
+        for method in self.trained_names:
             summary_path = self.dir / "train" / method / "summary.json"
             if not _done(summary_path):
                 summary = train([str(self.train_config(method))])
@@ -250,7 +288,7 @@ class Reproduction:
                 _write_json(summary_path, summary)
             summaries[method] = json.loads(summary_path.read_text())
             artifact = self.importance(f"{method}-text")
-            if not _done(artifact):
+            if method != ALIGN and not _done(artifact):
                 run_command(["importance", "--model", str(self.trained_model(method)), "--data",
                              str(self.spoken("importance")), "--input", "text", "--out", str(artifact),
                              "--batch-size", str(self.preset.importance_batch_size), "--no-progress"])
@@ -268,7 +306,7 @@ class Reproduction:
         from .perplexity import response_perplexity
         from .records import load_records
 
-        models = {"no_ft": self.base_model, **{method: self.trained_model(method) for method in METHODS}}
+        models = {"no_ft": self.base_model, **{name: self.trained_model(name) for name in self.trained_names}}
         table2: dict[str, dict[str, float]] = {}
         for name, model_dir in models.items():
             table2[name] = {}
@@ -386,8 +424,14 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
         "generated by the base LLM itself** from the typed questions (self-distillation), spoken with Piper TTS.",
         f"Importance D: {preset['importance_records']} QA records; perplexity set: {preset['ppl_records']} other records; "
         f"QA test set: {preset['test_records']} records (no test question is in the training prompts).",
-        f"Training: {preset['max_steps']} steps, batch {preset['batch_size']}, LLM lr {preset['learning_rate']} "
-        f"(LoRA {preset['lora_learning_rate']}), adaptor lr {preset['adaptor_learning_rate']}, cosine, seed 0, same data for all methods.",
+        (f"Alignment (shared): {preset['align_steps']} steps (batch {preset['align_batch_size']}) training the adaptor "
+         f"alone with CTC against the LLM's embedding matrix on {max(preset['align_records'], preset['train_records'])} "
+         "spoken training prompts (transcripts only, LLM frozen); every method starts from it. "
+         if preset.get("align_steps") else "")
+        + f"Training: {preset['max_steps']} steps, batch {preset['batch_size']}, LLM lr {preset['learning_rate']} "
+        f"(LoRA {preset['lora_learning_rate']}), adaptor lr {preset['adaptor_learning_rate']}, cosine, seed 0, same data for all methods; "
+        f"{preset.get('transcript_ratio', 0):.0%} of the speech rows repeat the question (transcript task)"
+        + (", bf16 autocast." if preset.get("train_bf16") or preset["dtype"] == "bfloat16" else "."),
         "",
         "## Table 1 — perplexity with 3 % of the LLM decoder parameters zeroed",
         "",
@@ -398,7 +442,8 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
         ppl = row["ppl"]
         lines.append(f"| {kind} | {_fmt(ppl['base'], 2)} | {_fmt(ppl['top'], 2)} | {_fmt(ppl['bottom'], 2)} | {_fmt(ppl['random'], 2)} |")
     lines += ["", "## Table 2 — spoken QA accuracy", "", "| model | T2T | S2T |", "| --- | --- | --- |"]
-    names = {"no_ft": "No-FT (untrained adaptor)", "full": "Full-FT", "layer_lr": "Layer-LR", "lora": "LoRA"}
+    names = {"no_ft": "No-FT (untrained adaptor)", ALIGN: "CTC-aligned adaptor only (LLM frozen)", "full": "Full-FT",
+             "layer_lr": "Layer-LR", "lora": "LoRA"}
     for name, row in results["table2"].items():
         lines.append(f"| {names.get(name, name)} | {_fmt(row['t2t'])} | {_fmt(row['s2t'])} |")
     lines += [f"| cascade (Whisper tiny.en ASR → base LLM) | – | {_fmt(results['cascade'])} |", ""]

@@ -211,6 +211,7 @@ def test_yaml_with_cli_overrides(tmp_path):
         (["--method", "layer_lr"], "needs importance"),
         (["--layer_lr_scheme", "cubic"], "unknown layer_lr_scheme"),
         (["--mix_text_ratio", "1.5"], "mix_text_ratio"),
+        (["--transcript_ratio", "-0.1"], "transcript_ratio"),
         (["--no_such_flag", "1"], "unknown command-line arguments"),
     ],
 )
@@ -248,6 +249,28 @@ def test_mixed_collator_builds_one_batch_of_text_and_speech_rows(tiny, tmp_path)
     draws = {tuple(MixedQACollator(processor, "speech", mix_text_ratio=0.5, seed=3, epoch=e).as_text(r) for r in rows) for e in range(6)}
     assert len(draws) > 1
 
+
+
+def test_transcript_rows_repeat_the_question_and_answer_rows_keep_the_answer(tiny, tmp_path):
+    _, processor = tiny
+    records = load_split(str(write_records(tmp_path)), "train", None, require_audio=True)
+    rows = [records[i] for i in range(len(records))]
+    collator = MixedQACollator(processor, input="speech", transcript_ratio=0.5, seed=1)
+    transcript = [collator.transcript_task(r) for r in rows]
+    assert any(transcript) and not all(transcript)
+    batch = collator(rows)
+    tokenizer = processor.tokenizer
+    for row, record in enumerate(rows):
+        prompt = tokenizer.decode(batch["input_ids"][row][batch["labels"][row] == -100], skip_special_tokens=True)
+        completion = tokenizer.decode(batch["labels"][row][batch["labels"][row] != -100], skip_special_tokens=True)
+        expected = record["question"] if transcript[row] else record["answers"][0]
+        assert completion.strip() == expected
+        assert ("Repeat exactly what was said." in prompt) == transcript[row]
+    # Text rows never get the transcript task: repeating a typed question teaches nothing.
+    all_text = MixedQACollator(processor, input="speech", mix_text_ratio=1.0, transcript_ratio=1.0)
+    assert not any(all_text.transcript_task(r) for r in rows)
+    with pytest.raises(ValueError, match="transcript_ratio"):
+        MixedQACollator(processor, input="speech", transcript_ratio=1.5)
 
 def test_unreadable_audio_names_file_row_and_column(tiny, tmp_path):
     _, processor = tiny
@@ -349,3 +372,39 @@ def test_stage1_configs_carry_llama_omni_defaults(config):
         assert (values["lora_r"], values["lora_alpha"], values["lora_dropout"]) == (16, 32, 0.05)
     if config.stem == "layer_lr":
         assert values["importance"].endswith(".json") and values["layer_lr_alpha"] == 0.4
+
+
+# --- alignment (method adaptor) -------------------------------------------------------------------
+
+
+def test_ctc_alignment_trains_only_the_adaptor_and_lowers_its_loss(tmp_path, tiny_model_dir):
+    from trainers.ctc_alignment import TranscriptCTCCollator, ctc_alignment_loss
+    from trainers.run import main
+
+    records = load_split(str(write_records(tmp_path / "data", count=4)), "train", None, require_audio=True)
+    model, processor = load_model(tiny_model_dir)
+    batch = TranscriptCTCCollator(processor)([records[i] for i in range(len(records))])
+    assert batch["ctc_targets"].shape[0] == 4 and batch["ctc_target_lengths"].tolist() == [
+        len(processor.tokenizer(f"Question {i}?", add_special_tokens=False)["input_ids"]) for i in range(4)]
+    loss = ctc_alignment_loss(model, **batch)
+    assert torch.isfinite(loss) and loss > 0
+
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    summary = main([
+        "--model_name_or_path", str(tiny_model_dir), "--train_data", str(tmp_path / "data" / "data.jsonl"),
+        "--method", "adaptor", "--alignment_loss", "ctc", "--output_dir", str(tmp_path / "out"), "--max_steps", "8",
+        "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--use_cpu", "true", "--report_to", "none",
+        "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+    ])
+    losses = [e["loss"] for e in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0]
+    trained, _ = load_model(summary["final_dir"] if "final_dir" in summary else tmp_path / "out" / "final")
+    changed = {name for name, p in trained.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith("adaptor.") for name in changed)
+
+
+def test_ctc_alignment_needs_method_adaptor():
+    with pytest.raises(ValueError, match="needs method adaptor"):
+        parse_args(["--model_name_or_path", "m", "--train_data", "d.jsonl", "--alignment_loss", "ctc"])
+    with pytest.raises(ValueError, match="unknown alignment_loss"):
+        parse_args(["--model_name_or_path", "m", "--train_data", "d.jsonl", "--method", "adaptor", "--alignment_loss", "mse"])

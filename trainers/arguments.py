@@ -21,7 +21,8 @@ from .trainer import refuse_deepspeed_optimizer
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("full", "layer_lr", "lora")
+METHODS = ("full", "layer_lr", "lora", "adaptor")
+ALIGNMENT_LOSSES = ("lm", "ctc")
 INPUTS = ("speech", "text")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -46,6 +47,11 @@ class ModelArguments:
     adaptor_lr: float | None = field(
         default=None, metadata={"help": "learning rate of the speech adaptor (default: learning_rate)"}
     )
+    alignment_loss: str = field(
+        default="lm",
+        metadata={"help": "method adaptor only: lm (the answer loss through the frozen LLM) | ctc (adaptor frames "
+                          "spell the spoken question over the LLM's embedding matrix; the LLM is not run)"},
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 · lora_r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -67,6 +73,10 @@ class ModelArguments:
             raise ArgumentsError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.layer_lr_scheme not in SCHEMES:
             raise LayerLRError(f"unknown layer_lr_scheme {self.layer_lr_scheme!r}; choose one of {', '.join(SCHEMES)}")
+        if self.alignment_loss not in ALIGNMENT_LOSSES:
+            raise ArgumentsError(f"unknown alignment_loss {self.alignment_loss!r}; choose one of {', '.join(ALIGNMENT_LOSSES)}")
+        if self.alignment_loss == "ctc" and self.method != "adaptor":
+            raise ArgumentsError("alignment_loss ctc trains the adaptor alone: it needs method adaptor")
         if self.method == "layer_lr" and not self.importance:
             raise ArgumentsError("method layer_lr needs importance: the path of an importance summary X.json")
         if self.lora_r < 1:
@@ -95,6 +105,11 @@ class DataArguments:
     mix_text_ratio: float = field(
         default=0.0, metadata={"help": "share of training records given as text (T2T) instead of speech, per record"}
     )
+    transcript_ratio: float = field(
+        default=0.0,
+        metadata={"help": "share of speech rows trained to repeat the spoken question ('Repeat exactly what was said.') "
+                          "instead of answering it: teaches the adaptor words first"},
+    )
     max_length: int | None = field(default=None, metadata={"help": "cut completions so a row has at most this many tokens"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training records"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N evaluation records"})
@@ -104,8 +119,9 @@ class DataArguments:
             raise ArgumentsError("train_data is required (YAML key or --train_data)")
         if self.input not in INPUTS:
             raise ArgumentsError(f"input must be one of {', '.join(INPUTS)}, got {self.input!r}")
-        if not 0 <= self.mix_text_ratio <= 1:
-            raise ArgumentsError(f"mix_text_ratio must be in [0, 1], got {self.mix_text_ratio}")
+        for key in ("mix_text_ratio", "transcript_ratio"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ArgumentsError(f"{key} must be in [0, 1], got {getattr(self, key)}")
         for key in ("max_length", "max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:

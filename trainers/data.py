@@ -29,17 +29,21 @@ def needs_audio(data_args: DataArguments) -> bool:
     return data_args.input == "speech" and data_args.mix_text_ratio < 1
 
 
-def load_split(source: str, split: str, max_samples: int | None, require_audio: bool) -> datasets.Dataset:
-    """Contract records with a `_row` column (0-based index), which errors and T2T mixing use."""
+def load_split(source: str, split: str, max_samples: int | None, require_audio: bool,
+               require_targets: bool = True) -> datasets.Dataset:
+    """Contract records with a `_row` column (0-based index), which errors and T2T mixing use.
+
+    `require_targets=False` accepts records without answers or responses (CTC alignment trains on
+    the spoken question itself)."""
     records = load_records(source, split=split, max_samples=max_samples, require_audio=require_audio,
-                           require_answers=True)
+                           require_answers=require_targets)
     return records.add_column(ROW_COLUMN, list(range(len(records))))
 
 
-def load_datasets(data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def load_datasets(data_args: DataArguments, require_targets: bool = True) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """(train, eval or None) records as the run's data arguments describe them."""
     audio = needs_audio(data_args)
-    train = load_split(data_args.train_data, data_args.train_split, data_args.max_train_samples, audio)
+    train = load_split(data_args.train_data, data_args.train_split, data_args.max_train_samples, audio, require_targets)
     evaluation = None
     if data_args.eval_data:
         # Evaluation never mixes: it measures the configured input (S2T for speech).
@@ -55,6 +59,8 @@ class MixedQACollator(QACollator):
     Args (beyond `QACollator`'s):
         mix_text_ratio: probability that a record is given as text; 0 = all speech (or all text
             with `input="text"`), 1 = all text.
+        transcript_ratio: probability that a speech row is trained to repeat its question
+            ("Repeat exactly what was said.") instead of answering it.
         seed: with the record's `_row` and the current `epoch`, fixes each choice, so a resumed
             run and every DDP rank see the same prompts; a record may switch between epochs.
         epoch: set by `MixEpochCallback` at each epoch start.
@@ -62,14 +68,16 @@ class MixedQACollator(QACollator):
     """
 
     mix_text_ratio: float = 0.0
+    transcript_ratio: float = 0.0
     seed: int = 0
     epoch: int = 0
     source: str = "records"
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.mix_text_ratio <= 1:
-            raise ValueError(f"mix_text_ratio must be in [0, 1], got {self.mix_text_ratio}")
+        for name in ("mix_text_ratio", "transcript_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def _where(self, record: dict[str, Any]) -> str:
         row = record.get(ROW_COLUMN)
@@ -81,11 +89,20 @@ class MixedQACollator(QACollator):
             return True
         if self.mix_text_ratio <= 0:
             return False
+        return self._draw(record, "text") < self.mix_text_ratio
+
+    def transcript_task(self, record: dict[str, Any]) -> bool:
+        """Whether this speech row is trained to repeat its question (ASR-style) this epoch."""
+        if self.transcript_ratio <= 0 or self.as_text(record):
+            return False
+        return self._draw(record, "transcript") < self.transcript_ratio
+
+    def _draw(self, record: dict[str, Any], purpose: str) -> float:
+        """A uniform draw fixed by seed, epoch, row and purpose (independent per purpose)."""
         if ROW_COLUMN not in record:
-            raise ValueError(f"mixing text and speech needs the {ROW_COLUMN!r} column (trainers.data.load_split adds it)")
+            raise ValueError(f"per-record mixing needs the {ROW_COLUMN!r} column (trainers.data.load_split adds it)")
         # A string seed is hashed with SHA-512 by `random`: stable across processes and runs.
-        draw = random.Random(f"{self.seed}:{self.epoch}:{record[ROW_COLUMN]}").random()
-        return draw < self.mix_text_ratio
+        return random.Random(f"{self.seed}:{self.epoch}:{record[ROW_COLUMN]}:{purpose}").random()
 
 
 class MixEpochCallback(TrainerCallback):
@@ -101,7 +118,8 @@ class MixEpochCallback(TrainerCallback):
 def build_collators(processor, data_args: DataArguments, seed: int) -> tuple[MixedQACollator, MixedQACollator]:
     """(training collator with T2T mixing, evaluation collator without it)."""
     train = MixedQACollator(processor, input=data_args.input, max_length=data_args.max_length,
-                            mix_text_ratio=data_args.mix_text_ratio, seed=seed, source=data_args.train_data)
+                            mix_text_ratio=data_args.mix_text_ratio, transcript_ratio=data_args.transcript_ratio,
+                            seed=seed, source=data_args.train_data)
     evaluation = MixedQACollator(processor, input=data_args.input, max_length=data_args.max_length,
                                  source=data_args.eval_data or "eval")
     return train, evaluation

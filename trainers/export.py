@@ -55,6 +55,7 @@ class TrainingInfo:
     effective_batch_size: int
     precision: str
     final_train_loss: float | None = None
+    transcript_ratio: float = 0.0
     licences: str = ""
     layer_lr: dict | None = None
     lora: dict | None = None
@@ -173,6 +174,9 @@ def _method_lines(info: TrainingInfo) -> list[str]:
     """The card's description of the training method."""
     if info.method == "full":
         return ["- Method: full fine-tuning of the adaptor and the LLM (Whisper encoder frozen)."]
+    if info.method == "adaptor":
+        return ["- Method: adaptor alignment — the speech adaptor trained alone (answer loss through the frozen LLM, "
+                "or CTC over the LLM's embedding matrix); the LLM and the Whisper encoder frozen."]
     if info.method == "layer_lr":
         spec = info.layer_lr or {}
         coefficients = ", ".join(f"{c:.3f}" for c in spec.get("coefficients", []))
@@ -195,7 +199,9 @@ def _training_lines(info: TrainingInfo) -> str:
         f"- Base model: `{info.base_model}`",
         *_method_lines(info),
         f"- Data: `{info.train_data}`; input: {info.input}"
-        + (f" ({info.mix_text_ratio:.0%} of the records as text)" if info.mix_text_ratio else ""),
+        + (f" ({info.mix_text_ratio:.0%} of the records as text)" if info.mix_text_ratio else "")
+        + (f"; {info.transcript_ratio:.0%} of the speech rows repeat the question (transcript task)"
+           if info.transcript_ratio else ""),
         f"- Optimisation: lr {info.learning_rate:g} ({info.lr_scheduler}, warmup {info.warmup:g}), "
         f"{info.epochs:g} epochs, {info.global_step} steps, effective batch {info.effective_batch_size}, {info.precision}",
     ]

@@ -1,4 +1,5 @@
-"""Stage-1 training of a SpeechLlama model: Full-FT, importance-scaled Layer-LR or LoRA.
+"""Stage-1 training of a SpeechLlama model: Full-FT, importance-scaled Layer-LR or LoRA
+(or `adaptor`: the adaptor alone with the LLM frozen, an alignment step run before them).
 
     accelerate launch [--num_processes N] trainers/run.py CONFIG.yaml [--key value …]
     python trainers/run.py CONFIG.yaml [--key value …]
@@ -25,6 +26,7 @@ from transformers import PretrainedConfig, TrainerCallback, set_seed
 
 from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM, SpeechLlamaProcessor
 from trainers.arguments import DataArguments, ModelArguments, parse_args
+from trainers.ctc_alignment import TranscriptCTCCollator
 from trainers.data import MixEpochCallback, build_collators, load_datasets
 from trainers.export import TrainingInfo, base_licences, base_model_reference, export_full, export_lora
 from trainers.layer_lr import LayerLRSpec, layer_lr_spec
@@ -55,13 +57,16 @@ def layer_lr_for(model_args: ModelArguments, config: SpeechLlamaConfig, learning
 
 
 def load_for_training(model_args: ModelArguments):
-    """(model, processor) with Stage-1 freezing: encoder frozen, adaptor + LLM trainable; LoRA applied."""
+    """(model, processor) with Stage-1 freezing: encoder frozen, adaptor + LLM trainable (method adaptor:
+    the LLM frozen too); LoRA applied."""
     model = SpeechLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=DTYPES[model_args.model_dtype])
     if not model.config.freeze_encoder:
         logger.warning("config.freeze_encoder was False; Stage 1 keeps the Whisper encoder frozen")
         model.config.freeze_encoder = True
     model.requires_grad_(True)
     model.encoder.requires_grad_(False)
+    if model_args.method == "adaptor":
+        model.language_model.requires_grad_(False)
     if model_args.method == "lora":
         model = apply_lora(model, lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout))
     processor = SpeechLlamaProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
@@ -112,6 +117,7 @@ def training_info(model_args, data_args, training_args, trainer, spec, train_los
         train_data=data_args.train_data,
         input=data_args.input,
         mix_text_ratio=data_args.mix_text_ratio,
+        transcript_ratio=data_args.transcript_ratio,
         learning_rate=training_args.learning_rate,
         lr_scheduler=str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
         warmup=training_args.warmup_steps,
@@ -138,11 +144,13 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
     # Cheap checks first (config, importance summary, records), then the weights.
     spec = layer_lr_for(model_args, speech_llama_config(model_args.model_name_or_path), training_args.learning_rate)
-    train_dataset, eval_dataset = load_datasets(data_args)
+    train_dataset, eval_dataset = load_datasets(data_args, require_targets=model_args.alignment_loss == "lm")
     model, processor = load_for_training(model_args)
     if (training_args.bf16 or training_args.fp16) and upcast_trainable(model):
         logger.info("trainable weights upcast to fp32 (mixed precision keeps fp32 master weights)")
     train_collator, eval_collator = build_collators(processor, data_args, training_args.seed)
+    if model_args.alignment_loss == "ctc":
+        train_collator = eval_collator = TranscriptCTCCollator(processor, source=data_args.train_data)
     trainer = SpeechLlamaTrainer(
         model=model,
         args=training_args,
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         processing_class=processor,
         layer_lr=spec,
         adaptor_lr=model_args.adaptor_lr,
-        callbacks=[MixEpochCallback(train_collator), *(callbacks or [])],
+        callbacks=[MixEpochCallback(train_collator)] * (model_args.alignment_loss == "lm") + list(callbacks or []),
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)

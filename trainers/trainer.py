@@ -20,6 +20,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_optimizer import is_optimizer_factory
 
+from .ctc_alignment import CTC_TARGETS, ctc_alignment_loss
 from .layer_lr import LayerLRSpec, build_param_groups, write_layer_lr_json
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,16 @@ class SpeechLlamaTrainer(Trainer):
             raise ValueError(f"layer_lr.base_lr ({layer_lr.base_lr}) differs from learning_rate ({self.args.learning_rate})")
         if self.uses_group_rates:
             refuse_deepspeed_optimizer(self.args.deepspeed, self._group_rate_reason())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The answer loss of the model; for CTC-alignment batches (`trainers.ctc_alignment`) their CTC loss."""
+        if CTC_TARGETS not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.args.world_size > 1:
+            raise ValueError("CTC alignment runs the adaptor outside the model's forward, which DDP cannot sync; "
+                             "run it in one process")
+        loss = ctc_alignment_loss(self.accelerator.unwrap_model(model), **inputs)
+        return (loss, None) if return_outputs else loss
 
     @property
     def uses_group_rates(self) -> bool:

@@ -1,0 +1,81 @@
+"""CTC alignment of the speech adaptor to the LLM's own token embeddings (method `adaptor`, loss `ctc`).
+
+A fresh adaptor learns words slowly through the LLM's answer loss (DESIGN.md: on this CPU, hundreds
+of steps leave it carrying topic, not words). Here each adaptor frame x_t (d_llm) is scored against
+every row E_v of the LLM's input-embedding matrix by cosine similarity, logits_t,v = s · cos(x_t, E_v)
+(s = 30), and a CTC loss asks the frame sequence to spell the spoken question's tokens, with the
+`<speech>` placeholder as the CTC blank. A second term, mean((‖x_t‖ / r − 1)²) with r the mean
+embedding norm, keeps the frames at the scale the LLM reads (without it they grow ~9x to sharpen
+the softmax). The LLM is not run at all (the embedding matrix is frozen), so a step costs the
+Whisper encoder plus the adaptor: ~30x cheaper than an answer-loss step. Frames then point along
+the embeddings of the words spoken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from modeling_speech_llama.modeling_speech_llama import speech_token_count
+from speech_llama.records import read_audio
+
+COSINE_SCALE = 30.0
+CTC_TARGETS = "ctc_targets"
+CTC_TARGET_LENGTHS = "ctc_target_lengths"
+
+
+@dataclass
+class TranscriptCTCCollator:
+    """Records → `input_features` (B, n_mels, T_mel), `input_features_mask` (B, T_mel), and the question's
+    token ids `ctc_targets` (B, S) (padded with 0) with `ctc_target_lengths` (B,)."""
+
+    processor: Any
+    source: str = "records"
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        clips = []
+        for record in records:
+            where = f"{self.source}, row {record.get('_row', -1) + 1}"
+            if record.get("audio") is None:
+                raise ValueError(f"{where}, column 'audio': CTC alignment needs audio for every record")
+            clips.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))
+        features = self.processor.extract_speech_features(clips, where=self.source)
+        token_ids = self.processor.tokenizer([r["question"] for r in records], add_special_tokens=False)["input_ids"]
+        lengths = torch.tensor([len(ids) for ids in token_ids])
+        targets = torch.zeros(len(records), int(lengths.max()), dtype=torch.long)
+        for row, ids in enumerate(token_ids):
+            targets[row, : len(ids)] = torch.tensor(ids)
+        return {
+            "input_features": torch.as_tensor(np.asarray(features["input_features"])),
+            "input_features_mask": torch.as_tensor(np.asarray(features["input_features_mask"])),
+            CTC_TARGETS: targets,
+            CTC_TARGET_LENGTHS: lengths,
+        }
+
+
+def ctc_alignment_loss(model, input_features: torch.Tensor, input_features_mask: torch.Tensor,
+                       ctc_targets: torch.Tensor, ctc_target_lengths: torch.Tensor) -> torch.Tensor:
+    """CTC loss of the adaptor frames against the question tokens (blank = `<speech>`) + the norm term.
+
+    Args:
+        model: a `SpeechLlamaForCausalLM` (not DDP-wrapped).
+        input_features: (B, n_mels, T_mel); input_features_mask: (B, T_mel).
+        ctc_targets: (B, S) token ids; ctc_target_lengths: (B,).
+    Clips with fewer frames than a CTC path needs contribute zero (`zero_infinity`).
+    """
+    frames = model.get_speech_features(input_features, input_features_mask)  # (ΣN_i, d_llm)
+    counts = [speech_token_count(int(n), model.config.adaptor_downsample) for n in input_features_mask.sum(-1)]
+    embeddings = model.get_input_embeddings().weight.detach().float()  # (V, d_llm)
+    frames = frames.float()
+    cosine = F.normalize(frames, dim=-1) @ F.normalize(embeddings, dim=-1).T  # (ΣN_i, V)
+    log_probs = (COSINE_SCALE * cosine).log_softmax(-1)
+    padded = torch.nn.utils.rnn.pad_sequence(list(torch.split(log_probs, counts)))  # (T_max, B, V)
+    ctc = F.ctc_loss(padded, ctc_targets, torch.tensor(counts), ctc_target_lengths,
+                     blank=model.config.speech_token_id, zero_infinity=True)
+    embedding_norm = embeddings.norm(dim=-1).mean()
+    scale = ((frames.norm(dim=-1) / embedding_norm - 1) ** 2).mean()
+    return ctc + scale
