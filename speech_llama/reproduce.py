@@ -70,7 +70,7 @@ PRESETS = {
     "cpu-mini": Preset(
         name="cpu-mini", llm=None, encoder=None, train_records=480, importance_records=200, ppl_records=100,
         test_records=100, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
-        adaptor_learning_rate=1e-3, align_steps=300, align_records=1200, train_bf16=True,
+        adaptor_learning_rate=1e-3, align_steps=300, align_records=1200, train_bf16=True, max_new_tokens=32,
     ),
     "cpu-mini-fast": Preset(
         name="cpu-mini-fast", llm=None, encoder=None, train_records=40, importance_records=24, ppl_records=16,
@@ -198,7 +198,7 @@ class Reproduction:
         if not _done(self.spoken("train")):
             # Every training prompt is spoken once; the alignment stage reads them all (question only).
             prompts = training_prompts(max(preset.align_records, preset.train_records))
-            _write_jsonl(text_dir / "align.jsonl", [{"question": prompt["question"]} for prompt in prompts])
+            _write_jsonl(text_dir / "align.jsonl", [{"question": prompt["question"], "answers": []} for prompt in prompts])
             run_command(["synthesize", "--data", str(text_dir / "align.jsonl"), "--out", str(self.spoken("train").parent)])
         if not _done(self.qa_train_data):
             train_text = text_dir / "train.jsonl"

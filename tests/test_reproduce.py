@@ -64,8 +64,10 @@ def test_report_states_tables_claims_and_figures(reproduced):
 def test_no_test_question_is_trained_on(reproduced):
     out_dir, _ = reproduced
     read = lambda name: {json.loads(line)["question"] for line in (out_dir / "data" / "text" / name).read_text().splitlines()}
-    assert not read("train.jsonl") & read("test.jsonl")
-    assert not read("train.jsonl") & read("importance.jsonl")
+    for training in ("train.jsonl", "align.jsonl"):
+        assert not read(training) & read("test.jsonl")
+        assert not read(training) & read("importance.jsonl")
+    assert read("train.jsonl") <= read("align.jsonl")
 
 
 def test_a_second_run_reuses_every_stage(reproduced):
