@@ -79,6 +79,17 @@ def _keep_rows(batch: RunningBatch, keep: list[int]) -> None:
         layer.values = layer.values.index_select(0, index)[:, :, unused:]
 
 
+def _move_rows(source: RunningBatch, target: RunningBatch, count: int) -> None:
+    """Move the first `count` rows of `source` (prefilled, waiting) into `target` (decoding)."""
+    cache = DynamicCache()
+    for index, layer in enumerate(source.cache.layers):
+        cache.update(layer.keys[:count], layer.values[:count], index)
+    _join(target, source.attention_mask[:count], cache)
+    target.requests += source.requests[:count]
+    target.generated += source.generated[:count]
+    _keep_rows(source, list(range(count, len(source))))
+
+
 def _end_ids(model) -> set[int]:
     eos = model.generation_config.eos_token_id
     if eos is None:
@@ -137,7 +148,8 @@ def continuous_greedy_answers(
     """Greedy answers to every request, in input order; request i is S2T when `audios[i]` is given.
 
     Requests are admitted in the given order (sort them by length first to pad less), at most
-    `batch_size` decoded at once.
+    `batch_size` decoded at once; prompts are prefilled `batch_size` at a time and join the decoding
+    rows as slots free.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -149,14 +161,18 @@ def continuous_greedy_answers(
     end_ids = _end_ids(model)
     waiting = deque(range(len(questions)))
     answers: list[list[int] | None] = [None] * len(questions)
-    batch = RunningBatch()
+    batch, ready = RunningBatch(), RunningBatch()  # decoding rows; prefilled rows waiting for a slot
     with tqdm(total=len(questions), desc=description, unit="answer", disable=not progress) as bar:
-        while waiting or len(batch):
+        while waiting or len(ready) or len(batch):
             free = batch_size - len(batch)
-            if free and waiting:
-                _prefill(model, processor, batch, [waiting.popleft() for _ in range(min(free, len(waiting)))],
+            if free and len(ready) < free and waiting:
+                # Prefill a whole batch of prompts in one forward: one prompt alone costs about half of
+                # what eight together cost (measured on CPU); the rows wait in `ready` for free slots.
+                _prefill(model, processor, ready, [waiting.popleft() for _ in range(min(batch_size, len(waiting)))],
                          questions, audios)
-                bar.update(_retire_finished(batch, answers, end_ids, max_new_tokens))
+                bar.update(_retire_finished(ready, answers, end_ids, max_new_tokens))
+            if free and len(ready):
+                _move_rows(ready, batch, min(free, len(ready)))
             if len(batch):
                 _decode_step(model, batch)
                 bar.update(_retire_finished(batch, answers, end_ids, max_new_tokens))
