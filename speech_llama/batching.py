@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .generate import qa_prompt
+from .generate import qa_inputs
 
 
 @dataclass
@@ -99,11 +99,7 @@ def _end_ids(model) -> set[int]:
 
 def _prefill(model, processor, batch: RunningBatch, admitted: list[int], questions, audios) -> None:
     """Run the prompts of `admitted` requests, join their cache to the batch, record their first token."""
-    chosen_audios = [audios[i] for i in admitted]
-    prompts = [qa_prompt(processor, questions[i], speech=audios[i] is not None) for i in admitted]
-    has_speech = any(audio is not None for audio in chosen_audios)
-    inputs = processor(text=prompts, audio=chosen_audios if has_speech else None, sampling_rate=16000)
-    inputs = inputs.to(model.device)
+    inputs = qa_inputs(processor, [questions[i] for i in admitted], [audios[i] for i in admitted]).to(model.device)
     outputs = model(**inputs, use_cache=True, logits_to_keep=1)
     _join(batch, inputs["attention_mask"], outputs.past_key_values)
     batch.requests += admitted

@@ -31,6 +31,12 @@ def target_text(record: dict[str, Any], where: str) -> str:
     return answers[0]
 
 
+def record_location(source: str, record: dict[str, Any]) -> str:
+    """"<source>, row <1-based row>" for error messages (the row from the `_row` column)."""
+    row = record.get("_row")
+    return f"{source}, row {row + 1}" if isinstance(row, int) else f"{source}, record ?"
+
+
 @dataclass
 class QACollator:
     """Collate contract records into `input_ids`, `attention_mask`, `labels` (+ speech features).

@@ -89,13 +89,15 @@ def run_predictions(model, processor, items, task, batch_size, max_new_tokens, t
     rows at once, a finished row's slot refilled by the next question in length order.
     """
     transcripts: list[str | None] = [None] * len(items)
-    order = [i for batch in length_sorted_batches(items, batch_size, by_audio=task != "t2t") for i in batch]
+    batches = length_sorted_batches(items, batch_size, by_audio=task != "t2t")
+    order = [index for batch in batches for index in batch]
     if task == "cascade":
-        for batch in tqdm(length_sorted_batches(items, batch_size, by_audio=True), desc="transcribe", disable=not progress):
+        for batch in tqdm(batches, desc="transcribe", disable=not progress):
             for index, text in zip(batch, transcriber([items[i].audio for i in batch])):
                 transcripts[index] = text
-    questions = [None if task == "s2t" else (transcripts[i] if task == "cascade" else items[i].question) for i in order]
-    audios = [items[i].audio for i in order] if task == "s2t" else None
+    asked = {"t2t": [item.question for item in items], "s2t": [None] * len(items), "cascade": transcripts}[task]
+    questions = [asked[index] for index in order]
+    audios = [items[index].audio for index in order] if task == "s2t" else None
     answers = continuous_greedy_answers(model, processor, questions, audios, batch_size, max_new_tokens,
                                         progress=progress, description=f"eval {task}")
     predictions: list[str | None] = [None] * len(items)

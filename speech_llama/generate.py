@@ -67,6 +67,12 @@ def qa_training_text(processor: SpeechLlamaProcessor, response: str, question: s
     return prompt, full[len(prompt):].rstrip("\n")
 
 
+def qa_inputs(processor: SpeechLlamaProcessor, questions: list[str | None], audios: list[np.ndarray | None]):
+    """Generation-ready prompts for one batch (left-padded tensors); a row is S2T when its audio is given."""
+    prompts = [qa_prompt(processor, q, speech=a is not None) for q, a in zip(questions, audios)]
+    return processor(text=prompts, audio=audios if any(a is not None for a in audios) else None, sampling_rate=16000)
+
+
 @torch.no_grad()
 def generate_answers(
     model,
@@ -79,9 +85,7 @@ def generate_answers(
     audios = audios if audios is not None else [None] * len(questions)
     if len(audios) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(audios)} audio entries")
-    prompts = [qa_prompt(processor, q, speech=a is not None) for q, a in zip(questions, audios)]
-    inputs = processor(text=prompts, audio=audios if any(a is not None for a in audios) else None, sampling_rate=16000)
-    inputs = inputs.to(model.device)
+    inputs = qa_inputs(processor, questions, audios).to(model.device)
     output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output_ids[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -58,6 +58,12 @@ def write_records(folder: Path, count: int = 6, corrupt_row: int | None = None) 
     return folder / "data.jsonl"
 
 
+def spoken_rows(folder: Path, count: int = 6) -> list[dict]:
+    """`write_records` loaded through `load_split`, as a list of record dicts (with `_row`)."""
+    records = load_split(str(write_records(folder, count=count)), "train", None, require_audio=True)
+    return [records[i] for i in range(len(records))]
+
+
 def training_args(tmp_path: Path, **overrides) -> TrainingArguments:
     values = dict(output_dir=str(tmp_path / "out"), learning_rate=1e-3, weight_decay=0.1, use_cpu=True,
                   report_to="none", lr_scheduler_type="cosine", warmup_steps=0.2, remove_unused_columns=False)
@@ -232,8 +238,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
 
 def test_mixed_collator_builds_one_batch_of_text_and_speech_rows(tiny, tmp_path):
     model, processor = tiny
-    records = load_split(str(write_records(tmp_path)), "train", None, require_audio=True)
-    rows = [records[i] for i in range(len(records))]
+    rows = spoken_rows(tmp_path)
     collator = MixedQACollator(processor, input="speech", mix_text_ratio=0.5, seed=3)
     as_text = [collator.as_text(r) for r in rows]
     assert any(as_text) and not all(as_text)
@@ -250,11 +255,9 @@ def test_mixed_collator_builds_one_batch_of_text_and_speech_rows(tiny, tmp_path)
     assert len(draws) > 1
 
 
-
 def test_transcript_rows_repeat_the_question_and_answer_rows_keep_the_answer(tiny, tmp_path):
     _, processor = tiny
-    records = load_split(str(write_records(tmp_path)), "train", None, require_audio=True)
-    rows = [records[i] for i in range(len(records))]
+    rows = spoken_rows(tmp_path)
     collator = MixedQACollator(processor, input="speech", transcript_ratio=0.5, seed=1)
     transcript = [collator.transcript_task(r) for r in rows]
     assert any(transcript) and not all(transcript)
@@ -271,6 +274,7 @@ def test_transcript_rows_repeat_the_question_and_answer_rows_keep_the_answer(tin
     assert not any(all_text.transcript_task(r) for r in rows)
     with pytest.raises(ValueError, match="transcript_ratio"):
         MixedQACollator(processor, input="speech", transcript_ratio=1.5)
+
 
 def test_unreadable_audio_names_file_row_and_column(tiny, tmp_path):
     _, processor = tiny
@@ -381,9 +385,9 @@ def test_ctc_alignment_trains_only_the_adaptor_and_lowers_its_loss(tmp_path, tin
     from trainers.ctc_alignment import TranscriptCTCCollator, ctc_alignment_loss
     from trainers.run import main
 
-    records = load_split(str(write_records(tmp_path / "data", count=4)), "train", None, require_audio=True)
+    rows = spoken_rows(tmp_path / "data", count=4)
     model, processor = load_model(tiny_model_dir)
-    batch = TranscriptCTCCollator(processor)([records[i] for i in range(len(records))])
+    batch = TranscriptCTCCollator(processor)(rows)
     assert batch["ctc_targets"].shape[0] == 4 and batch["ctc_target_lengths"].tolist() == [
         len(processor.tokenizer(f"Question {i}?", add_special_tokens=False)["input_ids"]) for i in range(4)]
     loss = ctc_alignment_loss(model, **batch)

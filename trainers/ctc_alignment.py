@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_speech_llama.modeling_speech_llama import speech_token_count
+from speech_llama.collate import record_location
 from speech_llama.records import read_audio
 
 COSINE_SCALE = 30.0
@@ -39,7 +40,7 @@ class TranscriptCTCCollator:
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         clips = []
         for record in records:
-            where = f"{self.source}, row {record.get('_row', -1) + 1}"
+            where = record_location(self.source, record)
             if record.get("audio") is None:
                 raise ValueError(f"{where}, column 'audio': CTC alignment needs audio for every record")
             clips.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))

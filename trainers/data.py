@@ -16,7 +16,7 @@ from typing import Any
 import datasets
 from transformers import TrainerCallback
 
-from speech_llama.collate import QACollator
+from speech_llama.collate import QACollator, record_location
 from speech_llama.records import load_records
 
 from .arguments import DataArguments
@@ -80,8 +80,7 @@ class MixedQACollator(QACollator):
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def _where(self, record: dict[str, Any]) -> str:
-        row = record.get(ROW_COLUMN)
-        return f"{self.source}, row {row + 1}" if isinstance(row, int) else f"{self.source}, record ?"
+        return record_location(self.source, record)
 
     def as_text(self, record: dict[str, Any]) -> bool:
         """Whether this record's prompt carries the question text (T2T) this epoch."""
