@@ -7,6 +7,11 @@ reaches `max_new_tokens` leaves the batch and the next questions are prefilled (
 included) and joined to the running KV cache, left-padded to its length. Positions come from the
 attention mask (the model derives them per row), so a row's tokens see exactly what they would
 see alone: greedy answers equal batch-size-1 `generate` (tested).
+
+Every prompt starts with the same tokens (system prompt, user header: ~2/3 of a T2T prompt), so
+their keys and values are computed once (`SharedPrefix`) and each prefill runs only the rest of
+its prompts; a row's cache is then [prefix][left padding][its own tokens], which the mask and the
+mask-derived positions read exactly as one unpadded prompt.
 """
 
 from __future__ import annotations
@@ -90,6 +95,56 @@ def _move_rows(source: RunningBatch, target: RunningBatch, count: int) -> None:
     _keep_rows(source, list(range(count, len(source))))
 
 
+@dataclass
+class SharedPrefix:
+    """Token ids every prompt starts with and their keys/values (1, H, p, D) per layer, computed once."""
+
+    ids: list[int] = field(default_factory=list)
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def covers(self, rows: list[list[int]]) -> bool:
+        width = len(self.ids)
+        return width > 0 and all(row[:width] == self.ids for row in rows)
+
+    def compute(self, model, ids: list[int]) -> None:
+        outputs = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True, logits_to_keep=1)
+        self.ids = ids
+        self.layers = [(layer.keys, layer.values) for layer in outputs.past_key_values.layers]
+
+    def cache_for(self, rows: int) -> DynamicCache:
+        """A fresh cache holding the prefix for `rows` rows (the model appends to it)."""
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(self.layers):
+            cache.update(keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(), index)
+        return cache
+
+
+def _common_prefix_length(rows: list[list[int]], stop_token: int | None) -> int:
+    """Length of the leading ids all rows share, ending before any `stop_token` and before each row's last id."""
+    width = min(len(row) for row in rows) - 1  # every row keeps one token, so its next-token logits are computed
+    for position in range(width):
+        token = rows[0][position]
+        if token == stop_token or any(row[position] != token for row in rows):
+            return position
+    return max(width, 0)
+
+
+def _unpadded_rows(inputs) -> list[list[int]]:
+    return [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+
+
+def _left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged id lists → (ids (b, l), mask (b, l)), padded on the left."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            ids[index, width - len(row):] = torch.tensor(row)
+            mask[index, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def _end_ids(model) -> set[int]:
     eos = model.generation_config.eos_token_id
     if eos is None:
@@ -97,11 +152,29 @@ def _end_ids(model) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos])
 
 
-def _prefill(model, processor, batch: RunningBatch, admitted: list[int], questions, audios) -> None:
-    """Run the prompts of `admitted` requests, join their cache to the batch, record their first token."""
+def _prefill(model, processor, batch: RunningBatch, admitted: list[int], questions, audios,
+             prefix: SharedPrefix) -> None:
+    """Run the prompts of `admitted` requests (after the shared prefix when they have one), join their
+    cache to the batch, record their first token."""
     inputs = qa_inputs(processor, [questions[i] for i in admitted], [audios[i] for i in admitted]).to(model.device)
-    outputs = model(**inputs, use_cache=True, logits_to_keep=1)
-    _join(batch, inputs["attention_mask"], outputs.past_key_values)
+    rows = _unpadded_rows(inputs)
+    if not prefix.covers(rows):
+        # A prefix learned from other prompts only shrinks (its rows shared more than these do).
+        shared = _common_prefix_length(rows + ([prefix.ids + [-1]] if prefix.ids else []), model.config.speech_token_id)
+        if shared:
+            prefix.compute(model, rows[0][:shared])
+    if prefix.covers(rows):
+        width = len(prefix.ids)
+        suffix_ids, suffix_mask = _left_padded([row[width:] for row in rows], processor.tokenizer.pad_token_id,
+                                               model.device)
+        attention_mask = torch.cat([suffix_mask.new_ones(len(rows), width), suffix_mask], dim=1)
+        speech = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+        outputs = model(input_ids=suffix_ids, attention_mask=attention_mask, past_key_values=prefix.cache_for(len(rows)),
+                        use_cache=True, logits_to_keep=1, **speech)
+    else:  # nothing in common: whole prompts
+        attention_mask = inputs["attention_mask"]
+        outputs = model(**inputs, use_cache=True, logits_to_keep=1)
+    _join(batch, attention_mask, outputs.past_key_values)
     batch.requests += admitted
     batch.generated += [[token] for token in outputs.logits[:, -1].argmax(-1).tolist()]
 
@@ -158,6 +231,7 @@ def continuous_greedy_answers(
     waiting = deque(range(len(questions)))
     answers: list[list[int] | None] = [None] * len(questions)
     batch, ready = RunningBatch(), RunningBatch()  # decoding rows; prefilled rows waiting for a slot
+    prefix = SharedPrefix()
     with tqdm(total=len(questions), desc=description, unit="answer", disable=not progress) as bar:
         while waiting or len(ready) or len(batch):
             free = batch_size - len(batch)
@@ -165,7 +239,7 @@ def continuous_greedy_answers(
                 # Prefill a whole batch of prompts in one forward: one prompt alone costs about half of
                 # what eight together cost (measured on CPU); the rows wait in `ready` for free slots.
                 _prefill(model, processor, ready, [waiting.popleft() for _ in range(min(batch_size, len(waiting)))],
-                         questions, audios)
+                         questions, audios, prefix)
                 bar.update(_retire_finished(ready, answers, end_ids, max_new_tokens))
             if free and len(ready):
                 _move_rows(ready, batch, min(free, len(ready)))

@@ -263,7 +263,7 @@ class Reproduction:
             "save_strategy": "no",
             "report_to": "none",
             "use_cpu": preset.use_cpu,
-            "bf16": (preset.dtype == "bfloat16" or preset.train_bf16) and not aligning,  # CTC runs in fp32
+            "bf16": preset.dtype == "bfloat16" or preset.train_bf16,
             "seed": 0,
             "data_seed": 0,
             "dataloader_num_workers": 0,
@@ -311,6 +311,9 @@ class Reproduction:
         for name, model_dir in models.items():
             table2[name] = {}
             for task in ("t2t", "s2t"):
+                if name == ALIGN and task == "t2t":  # the alignment leaves the LLM frozen: No-FT's text answers
+                    table2[name][task] = table2["no_ft"][task]
+                    continue
                 out = self.dir / "eval" / name / task
                 if not _done(out / "metrics.json"):
                     run_command(["eval", "--model", str(model_dir), "--data", str(self.spoken("test")), "--task", task,
@@ -333,8 +336,10 @@ class Reproduction:
                 perplexity[name] = {
                     input_kind: response_perplexity(model, processor, records, input=input_kind,
                                                     batch_size=self.preset.importance_batch_size).ppl
-                    for input_kind in ("text", "speech")
+                    for input_kind in ("text", "speech") if not (name == ALIGN and input_kind == "text")
                 }
+            if ALIGN in perplexity:  # frozen LLM: text input reads the same weights as No-FT
+                perplexity[ALIGN] = {"text": perplexity["no_ft"]["text"], **perplexity[ALIGN]}
             _write_json(ppl_path, perplexity)
         return {"table2": table2, "cascade": cascade, "perplexity": json.loads(ppl_path.read_text())}
 
@@ -442,7 +447,7 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
         ppl = row["ppl"]
         lines.append(f"| {kind} | {_fmt(ppl['base'], 2)} | {_fmt(ppl['top'], 2)} | {_fmt(ppl['bottom'], 2)} | {_fmt(ppl['random'], 2)} |")
     lines += ["", "## Table 2 — spoken QA accuracy", "", "| model | T2T | S2T |", "| --- | --- | --- |"]
-    names = {"no_ft": "No-FT (untrained adaptor)", ALIGN: "CTC-aligned adaptor only (LLM frozen)", "full": "Full-FT",
+    names = {"no_ft": "No-FT (untrained adaptor)", ALIGN: "CTC-aligned adaptor only (LLM frozen; T2T = No-FT's)", "full": "Full-FT",
              "layer_lr": "Layer-LR", "lora": "LoRA"}
     for name, row in results["table2"].items():
         lines.append(f"| {names.get(name, name)} | {_fmt(row['t2t'])} | {_fmt(row['s2t'])} |")

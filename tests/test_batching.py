@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from speech_llama.batching import continuous_greedy_answers
+from speech_llama.batching import SharedPrefix, _common_prefix_length, continuous_greedy_answers
 from speech_llama.generate import generate_answers
 
 QUESTIONS = [
@@ -64,3 +64,23 @@ def test_bad_arguments_are_named(tiny):
         continuous_greedy_answers(model, processor, ["q"], max_new_tokens=0)
     with pytest.raises(ValueError, match="2 questions but 1 audio"):
         continuous_greedy_answers(model, processor, ["a", "b"], [None])
+
+
+def test_common_prefix_stops_before_speech_and_keeps_a_token_per_row():
+    speech = 99
+    assert _common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], speech) == 3
+    assert _common_prefix_length([[1, 2, speech, speech, 7], [1, 2, speech, speech, 7]], speech) == 2
+    assert _common_prefix_length([[1, 2, 3], [1, 2, 3]], speech) == 2  # identical prompts: the last token is run
+    assert _common_prefix_length([[4, 2], [1, 2]], speech) == 0
+
+
+def test_shared_prefix_is_computed_once_for_many_prompts(tiny_with_early_ends, monkeypatch):
+    model, processor = tiny_with_early_ends
+    computed = []
+    original = SharedPrefix.compute
+    monkeypatch.setattr(SharedPrefix, "compute", lambda self, m, ids: (computed.append(len(ids)), original(self, m, ids)))
+    expected = one_at_a_time(model, processor, QUESTIONS, [None] * len(QUESTIONS), max_new_tokens=6)
+    assert continuous_greedy_answers(model, processor, QUESTIONS, None, batch_size=2, max_new_tokens=6) == expected
+    header = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+                                           add_generation_prompt=True).split("x")[0]
+    assert computed == [len(processor.tokenizer(header, add_special_tokens=False)["input_ids"])]
