@@ -263,7 +263,9 @@ class Reproduction:
             "save_strategy": "no",
             "report_to": "none",
             "use_cpu": preset.use_cpu,
-            "bf16": preset.dtype == "bfloat16" or preset.train_bf16,
+            # CTC alignment stays fp32, as in the run behind the README tables (bf16 autocast: 0.8 vs 1.5 s per
+            # 16-clip step in a tight loop here; not yet rerun end to end).
+            "bf16": (preset.dtype == "bfloat16" or preset.train_bf16) and not aligning,
             "seed": 0,
             "data_seed": 0,
             "dataloader_num_workers": 0,
