@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from .memory import reuse_freed_memory
+
 # command → (module, help). Each module offers add_arguments(parser) and run(args).
 COMMANDS = {
     "build": ("speech_llama.build", "assemble a SpeechLlama model folder (presets or Hub ids / local dirs)"),
@@ -39,6 +41,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    reuse_freed_memory()
     try:
         importlib.import_module(args._module).run(args)
     except (ValueError, FileNotFoundError, ImportError) as error:

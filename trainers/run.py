@@ -31,6 +31,7 @@ from trainers.data import MixEpochCallback, build_collators, load_datasets
 from trainers.export import TrainingInfo, base_licences, base_model_reference, export_full, export_lora
 from trainers.layer_lr import LayerLRSpec, layer_lr_spec
 from trainers.lora import apply_lora, lora_config
+from speech_llama.memory import reuse_freed_memory
 from trainers.trainer import SpeechLlamaTrainer
 
 logger = logging.getLogger("trainers")
@@ -138,6 +139,7 @@ def training_info(model_args, data_args, training_args, trainer, spec, train_los
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Train, export and (with eval data) evaluate; returns a summary (paths, loss, steps)."""
     model_args, data_args, training_args = parse_args(argv)
+    reuse_freed_memory()
     adjust_training_arguments(training_args, data_args)
     setup_logging(training_args)
     set_seed(training_args.seed)
