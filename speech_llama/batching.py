@@ -84,11 +84,17 @@ def _keep_rows(batch: RunningBatch, keep: list[int]) -> None:
         layer.values = layer.values.index_select(0, index)[:, :, unused:]
 
 
+def _cache_of(layers) -> DynamicCache:
+    """A DynamicCache holding the given (keys, values) pair of each layer, in order."""
+    cache = DynamicCache()
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
+
+
 def _move_rows(source: RunningBatch, target: RunningBatch, count: int) -> None:
     """Move the first `count` rows of `source` (prefilled, waiting) into `target` (decoding)."""
-    cache = DynamicCache()
-    for index, layer in enumerate(source.cache.layers):
-        cache.update(layer.keys[:count], layer.values[:count], index)
+    cache = _cache_of((layer.keys[:count], layer.values[:count]) for layer in source.cache.layers)
     _join(target, source.attention_mask[:count], cache)
     target.requests += source.requests[:count]
     target.generated += source.generated[:count]
@@ -113,10 +119,8 @@ class SharedPrefix:
 
     def cache_for(self, rows: int) -> DynamicCache:
         """A fresh cache holding the prefix for `rows` rows (the model appends to it)."""
-        cache = DynamicCache()
-        for index, (keys, values) in enumerate(self.layers):
-            cache.update(keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(), index)
-        return cache
+        return _cache_of((keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous())
+                         for keys, values in self.layers)
 
 
 def _common_prefix_length(rows: list[list[int]], stop_token: int | None) -> int:
