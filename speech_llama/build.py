@@ -53,8 +53,10 @@ def add_speech_token(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(SPEECH_TOKEN)
 
 
-def compose(encoder, language_model, tokenizer, feature_extractor, downsample: int = 5, adaptor_hidden: int = 2048):
-    """Join a Whisper encoder and a causal LM with a fresh adaptor.
+def compose(encoder, language_model, tokenizer, feature_extractor, downsample: int = 5, adaptor_hidden: int = 2048,
+            adaptor_seed: int = 0):
+    """Join a Whisper encoder and a causal LM with a fresh adaptor (initialised from `adaptor_seed`, so
+    the same parts always give the same model).
 
     Returns (SpeechLlamaForCausalLM, SpeechLlamaProcessor). The LM's embeddings are resized for
     `<speech>` (mean-initialised; the row is never read since placeholders are replaced).
@@ -75,8 +77,10 @@ def compose(encoder, language_model, tokenizer, feature_extractor, downsample: i
     model.encoder = encoder
     model.encoder.requires_grad_(not config.freeze_encoder)
     model.language_model = language_model
-    model.adaptor = SpeechAdaptor(config).to(dtype=language_model.dtype)
-    model._init_weights(model.adaptor)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(adaptor_seed)
+        model.adaptor = SpeechAdaptor(config).to(dtype=language_model.dtype)
+        model._init_weights(model.adaptor)
     model.generation_config = _generation_config(language_model, tokenizer)
     model.config.auto_map = dict(AUTO_MAP)
     processor = SpeechLlamaProcessor(

@@ -251,3 +251,17 @@ def test_cli_build_tiny_random(tmp_path):
 
     assert main(["build", "--preset", "tiny-random", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_fresh_adaptor_is_seeded_so_builds_repeat(tmp_path):
+    """The adaptor is the only random part of an offline-mini build: the same parts give the same weights."""
+    from safetensors.torch import load_file
+
+    from speech_llama.build import build_tiny_random
+
+    torch.manual_seed(123)  # the global RNG state must not matter
+    first = load_file(build_tiny_random(tmp_path / "a", seed=1) / "model.safetensors")
+    second = load_file(build_tiny_random(tmp_path / "b", seed=2) / "model.safetensors")
+    adaptor = [name for name in first if name.startswith("adaptor.")]
+    assert adaptor and all(torch.equal(first[name], second[name]) for name in adaptor)
+    assert not torch.equal(first["language_model.model.embed_tokens.weight"], second["language_model.model.embed_tokens.weight"])
