@@ -137,18 +137,6 @@ def _unpadded_rows(inputs) -> list[list[int]]:
     return [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
 
 
-def _left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged id lists → (ids (b, l), mask (b, l)), padded on the left."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        if row:
-            ids[index, width - len(row):] = torch.tensor(row)
-            mask[index, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _end_ids(model) -> set[int]:
     eos = model.generation_config.eos_token_id
     if eos is None:
@@ -169,11 +157,11 @@ def _prefill(model, processor, batch: RunningBatch, admitted: list[int], questio
             prefix.compute(model, rows[0][:shared])
     if prefix.covers(rows):
         width = len(prefix.ids)
-        suffix_ids, suffix_mask = _left_padded([row[width:] for row in rows], processor.tokenizer.pad_token_id,
-                                               model.device)
-        attention_mask = torch.cat([suffix_mask.new_ones(len(rows), width), suffix_mask], dim=1)
+        # The processor's tokenizer pads on the left (generation).
+        suffix = processor.tokenizer.pad({"input_ids": [row[width:] for row in rows]}, return_tensors="pt").to(model.device)
+        attention_mask = torch.cat([suffix["attention_mask"].new_ones(len(rows), width), suffix["attention_mask"]], dim=1)
         speech = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
-        outputs = model(input_ids=suffix_ids, attention_mask=attention_mask, past_key_values=prefix.cache_for(len(rows)),
+        outputs = model(input_ids=suffix["input_ids"], attention_mask=attention_mask, past_key_values=prefix.cache_for(len(rows)),
                         use_cache=True, logits_to_keep=1, **speech)
     else:  # nothing in common: whole prompts
         attention_mask = inputs["attention_mask"]

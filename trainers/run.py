@@ -25,13 +25,13 @@ import transformers
 from transformers import PretrainedConfig, TrainerCallback, set_seed
 
 from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM, SpeechLlamaProcessor
+from speech_llama.memory import reuse_freed_memory
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.ctc_alignment import TranscriptCTCCollator
 from trainers.data import MixEpochCallback, build_collators, load_datasets
 from trainers.export import TrainingInfo, base_licences, base_model_reference, export_full, export_lora
 from trainers.layer_lr import LayerLRSpec, layer_lr_spec
 from trainers.lora import apply_lora, lora_config
-from speech_llama.memory import reuse_freed_memory
 from trainers.trainer import SpeechLlamaTrainer
 
 logger = logging.getLogger("trainers")
