@@ -1,6 +1,6 @@
 """The importance artifact: `X.safetensors` (one fp32 tensor per analysed parameter) + `X.json`.
 
-Contract (DESIGN.md, "Importance artifact"): the tensors are keyed by the parameter's name in
+Contract (README, "Contracts": the importance artifact): the tensors are keyed by the parameter's name in
 the model (e.g. ``language_model.model.layers.3.mlp.down_proj.weight``) and have its shape; the
 JSON summary holds ``model``, ``input``, ``num_samples``, ``num_tokens``, ``reduction``,
 ``layers`` (``I_l`` = Σ importance over decoder layer ``l``), ``modules`` (``{suffix:
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +26,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from speech_llama.files import atomic_write, atomic_write_json
 
 # Every parameter of the LLM's decoder layers (the paper's analysed set).
 DEFAULT_PARAMS = r"language_model\.model\.layers\."
@@ -110,33 +111,6 @@ def build_summary(
     }
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(temp_path)`` on a temporary sibling of ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temp_name)
-        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (temp sibling + ``os.replace``)."""
-    path = Path(path)
-    atomic_write(path, lambda temp: Path(temp).write_text(text))
-    return path
-
-
 def save_artifact(path: str | os.PathLike, importances: Mapping[str, torch.Tensor], summary: Mapping[str, Any]) -> Path:
     """Write `X.safetensors` (fp32, contiguous) and `X.json`, each atomically.
 
@@ -151,8 +125,7 @@ def save_artifact(path: str | os.PathLike, importances: Mapping[str, torch.Tenso
     tensors = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in importances.items()}
     metadata = {"format": "speech-llama-importance", "reduction": str(summary["reduction"]), "input": str(summary["input"])}
     atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
-    text = json.dumps(dict(summary), indent=2) + "\n"
-    atomic_write(json_path, lambda temp: Path(temp).write_text(text))
+    atomic_write_json(json_path, dict(summary))
     return path
 
 

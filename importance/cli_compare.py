@@ -9,10 +9,11 @@ Shift metrics compare the first artifact (before) with each other one (after).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
+
+from speech_llama.files import atomic_write_json
 
 from .analyse import (
     TOP_SHARE,
@@ -27,7 +28,7 @@ from .analyse import (
     rank_clustering_summary,
     shift_metrics,
 )
-from .artifact import DEFAULT_PARAMS, ImportanceArtifact, atomic_write_text, load_artifact
+from .artifact import DEFAULT_PARAMS, ImportanceArtifact, load_artifact
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["change"], change_figures = _change_section(args, out)
         figures += change_figures
     report["figures"] = [path.name for path in figures]
-    atomic_write_text(out / "compare.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "compare.json", report)
     for key, shift in report["shift"].items():
         print(
             f"compare: {key}: JS {shift['js_divergence']:.4f} bits, Spearman {shift['spearman']}, "

@@ -4,13 +4,14 @@ parameters zeroed (the seed paper's Table 1), weights restored after each condit
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifact import atomic_write_text, check_against_model, load_artifact
+from speech_llama.files import atomic_write_json
+
+from .artifact import check_against_model, load_artifact
 from .deactivate import build_selection, zeroed
 from .estimate import load_slice
 
@@ -85,7 +86,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    text = json.dumps(report, indent=2) + "\n"
-    atomic_write_text(args.out, text)
+    atomic_write_json(args.out, report)
     print(f"deactivate: wrote {args.out}")
     return report

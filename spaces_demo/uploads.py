@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from speech_llama.audio import SAMPLE_RATE, read_audio
+from speech_llama.errors import RecordsError
+
 MAX_BYTES = 10 * 1024 * 1024
 MAX_SECONDS = 30.0
 # Formats libsndfile (soundfile) decodes, which is what `read_audio` uses.
@@ -31,7 +34,7 @@ class SpokenQuestion:
 
     @property
     def seconds(self) -> float:
-        return len(self.audio) / 16000
+        return len(self.audio) / SAMPLE_RATE
 
 
 def _check_size(path: Path) -> None:
@@ -70,8 +73,6 @@ def check_spoken_question(path: str | Path, min_seconds: float = 0.1) -> SpokenQ
     Raises:
         UploadRejected: with a message for the user (too big, not audio, too long, unreadable, too short).
     """
-    from speech_llama.records import RecordsError, read_audio
-
     path = Path(path)
     if not path.is_file():
         raise UploadRejected("The audio did not arrive on the server; please upload or record it again.")
@@ -84,6 +85,6 @@ def check_spoken_question(path: str | Path, min_seconds: float = 0.1) -> SpokenQ
         audio = read_audio(str(path), where=path.name)
     except RecordsError as error:
         raise UploadRejected(f"“{path.name}” could not be decoded as audio. Please upload {ACCEPTED}.") from error
-    if len(audio) < min_seconds * 16000:
-        raise UploadRejected(f"“{path.name}” is only {len(audio) / 16:.0f} ms long; please record a whole question.")
+    if len(audio) < min_seconds * SAMPLE_RATE:
+        raise UploadRejected(f"“{path.name}” is only {1000 * len(audio) / SAMPLE_RATE:.0f} ms long; please record a whole question.")
     return SpokenQuestion(audio=audio, name=path.name)

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .audio import SAMPLE_RATE, read_audio
 from .generate import TRANSCRIPT_INSTRUCTION, qa_training_text
-from .records import read_audio
 
 InputKind = Literal["text", "speech"]
 
@@ -94,7 +94,7 @@ class QACollator:
             else:
                 audios.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))
         has_speech = any(audio is not None for audio in audios)
-        encoded = self.processor(text=prompts, audio=audios if has_speech else None, sampling_rate=16000,
+        encoded = self.processor(text=prompts, audio=audios if has_speech else None, sampling_rate=SAMPLE_RATE,
                                  padding=False, return_tensors=None)
         completion_ids = self.processor.tokenizer(completions, add_special_tokens=False)["input_ids"]
         batch = self._pad(encoded["input_ids"], completion_ids)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +20,11 @@ from tqdm.auto import tqdm
 
 from evaluate_metrics import load_metric
 
+from .audio import SAMPLE_RATE, read_audio
 from .batching import continuous_greedy_answers
+from .files import atomic_write_json, write_jsonl
 from .generate import load_model
-from .records import load_records, read_audio
+from .records import load_records
 
 TASKS = ("t2t", "s2t", "cascade")
 
@@ -70,7 +70,7 @@ class WhisperTranscriber:
 
     @torch.no_grad()
     def __call__(self, clips: list[np.ndarray]) -> list[str]:
-        features = self.processor.feature_extractor(clips, sampling_rate=16000, return_tensors="pt").input_features
+        features = self.processor.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         ids = self.model.generate(features.to(self.model.device), max_new_tokens=128)
         return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
@@ -151,17 +151,10 @@ def evaluate_model(
     return metrics
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    _atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_jsonl(out_dir / "predictions.jsonl", rows)
+    atomic_write_json(out_dir / "metrics.json", metrics)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

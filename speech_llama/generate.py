@@ -14,6 +14,8 @@ import torch
 
 from modeling_speech_llama import SpeechLlamaForCausalLM, SpeechLlamaProcessor
 
+from .audio import SAMPLE_RATE, read_audio
+
 SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
 # The transcript task (training only): the model repeats the spoken words, which teaches the
 # adaptor words before answers (DESIGN.md, "how hard is Stage 1 on this CPU").
@@ -70,7 +72,7 @@ def qa_training_text(processor: SpeechLlamaProcessor, response: str, question: s
 def qa_inputs(processor: SpeechLlamaProcessor, questions: list[str | None], audios: list[np.ndarray | None]):
     """Generation-ready prompts for one batch (left-padded tensors); a row is S2T when its audio is given."""
     prompts = [qa_prompt(processor, q, speech=a is not None) for q, a in zip(questions, audios)]
-    return processor(text=prompts, audio=audios if any(a is not None for a in audios) else None, sampling_rate=16000)
+    return processor(text=prompts, audio=audios if any(a is not None for a in audios) else None, sampling_rate=SAMPLE_RATE)
 
 
 @torch.no_grad()
@@ -100,13 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    from .records import read_audio
-
     model, processor = load_model(args.model)
     if args.audio is not None:
         audio = read_audio(str(args.audio), where=str(args.audio))
         answer = generate_answers(model, processor, [None], [audio], args.max_new_tokens)[0]
-        print(f"speech: {len(audio) / 16000:.1f} s → {processor.num_speech_tokens(len(audio))} speech tokens")
+        print(f"speech: {len(audio) / SAMPLE_RATE:.1f} s → {processor.num_speech_tokens(len(audio))} speech tokens")
     else:
         answer = generate_answers(model, processor, [args.question], None, args.max_new_tokens)[0]
     print(answer)

@@ -1,6 +1,6 @@
 """QA / instruction records: load them from a Hub id, a local `datasets` folder or a JSONL file.
 
-Every source is brought to one contract (see DESIGN.md, "Contracts between the parts"):
+Every source is brought to one contract (see the README, "Contracts"):
 
 - ``question`` (str, never empty)
 - ``answers`` (list[str]; the gold answers of QA data, empty for instruction data)
@@ -10,19 +10,16 @@ Every source is brought to one contract (see DESIGN.md, "Contracts between the p
 
 Audio is kept undecoded on purpose: `datasets` decodes audio only through ``torchcodec``,
 which this project does not install. Consumers turn any audio value into a float32 16 kHz
-mono waveform with :func:`read_audio` (soundfile + an exact-ratio polyphase resampler). When
-torchcodec is present, ``dataset.cast_column("audio", datasets.Audio(sampling_rate=16000))``
-gives decoded values, and :func:`read_audio` accepts those too.
+mono waveform with :func:`speech_llama.audio.read_audio` (soundfile + an exact-ratio polyphase
+resampler). When torchcodec is present, ``dataset.cast_column("audio",
+datasets.Audio(sampling_rate=16000))`` gives decoded values, and ``read_audio`` accepts those too.
 
 Errors name the source, the row (the 1-based line for JSONL) and the column.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -31,16 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import soundfile
-from scipy.signal import resample_poly
+
+from .audio import SAMPLE_RATE
+from .errors import RecordsError
+from .files import JsonlError, read_jsonl_numbered
 
 logger = logging.getLogger(__name__)
 
-TARGET_SAMPLING_RATE = 16_000
-AUDIO_FEATURE = datasets.Audio(sampling_rate=TARGET_SAMPLING_RATE, decode=False)
+AUDIO_FEATURE = datasets.Audio(sampling_rate=SAMPLE_RATE, decode=False)
 RECORD_FEATURES = {
     "question": datasets.Value("string"),
     "answers": datasets.List(datasets.Value("string")),
@@ -72,10 +69,6 @@ USER_ROLES = ("user", "human")
 ASSISTANT_ROLES = ("assistant", "gpt", "bot", "model")
 ROLE_KEYS = ("role", "from")
 TEXT_KEYS = ("content", "value", "text")
-
-
-class RecordsError(ValueError):
-    """A source cannot be turned into QA / instruction records; the message says where."""
 
 
 # --- public API ----------------------------------------------------------------------------
@@ -178,30 +171,6 @@ def normalize_columns(
     if require_audio:
         _check_audio_present(audio, layout.audio, locate)
     return datasets.concatenate_datasets([records, audio], axis=1)
-
-
-def read_audio(value: Any, *, where: str) -> np.ndarray:
-    """Return the waveform of one audio value as float32, 16 kHz, mono.
-
-    ``value`` may be a file path, a ``{"path", "bytes"}`` dict (an undecoded
-    ``datasets.Audio`` value), a ``{"array", "sampling_rate"}`` dict, or a decoder object
-    with ``get_all_samples()`` (torchcodec, what ``datasets`` returns when decoding).
-    Stereo is downmixed with a warning; other rates are resampled with the exact rational
-    ratio (e.g. 320/441 from 22 050 Hz), since an approximate ratio ruins recognition.
-
-    ``where`` (e.g. ``"data.jsonl, line 3, column 'audio'"``) is named in every error.
-    """
-    if value is None:
-        raise RecordsError(f"{where}: no audio")
-    try:
-        samples, sampling_rate = _decode_audio(value)
-        if samples.size == 0:
-            raise ValueError("the audio has no samples")
-        if sampling_rate <= 0:
-            raise ValueError(f"invalid sampling rate {sampling_rate}")
-    except Exception as error:  # soundfile, numpy and torchcodec raise many types; all mean unreadable
-        raise RecordsError(f"{where}: cannot read audio ({_describe_audio(value)}): {error}") from error
-    return _resample(_to_mono(samples, where), sampling_rate, TARGET_SAMPLING_RATE)
 
 
 # --- layout detection ----------------------------------------------------------------------
@@ -546,71 +515,6 @@ def _check_audio_present(audio: datasets.Dataset, column: str, locate: _Locator)
         raise RecordsError(f"{locate(missing.index(True), column)}: audio is required but missing")
 
 
-# --- reading audio -------------------------------------------------------------------------
-
-
-def _decode_audio(value: Any) -> tuple[np.ndarray, int]:
-    """Samples (frames x channels, or 1-D) and their rate, from any supported audio value."""
-    if isinstance(value, (str, os.PathLike)):
-        return _read_sound_file(value)
-    if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder: data is channels x frames
-        decoded = value.get_all_samples()
-        return np.asarray(decoded.data).T, int(decoded.sample_rate)
-    if isinstance(value, dict) and value.get("array") is not None:
-        if value.get("sampling_rate") is None:
-            raise ValueError("an {'array'} audio value needs a 'sampling_rate'")
-        return _frames_by_channels(np.asarray(value["array"])), int(value["sampling_rate"])
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return _read_sound_file(io.BytesIO(value["bytes"]))
-    if isinstance(value, dict) and value.get("path") is not None:
-        return _read_sound_file(value["path"])
-    raise ValueError(f"unsupported audio value of type {type(value).__name__}")
-
-
-def _read_sound_file(file: str | os.PathLike | io.BytesIO) -> tuple[np.ndarray, int]:
-    samples, sampling_rate = soundfile.read(file, dtype="float32", always_2d=True)
-    return samples, int(sampling_rate)
-
-
-def _frames_by_channels(array: np.ndarray) -> np.ndarray:
-    """Arrays from `datasets` are 1-D (mono) or channels x frames; make them frames x channels
-    (the shorter axis is taken as the channel axis), and scale integer PCM to [-1, 1]."""
-    if np.issubdtype(array.dtype, np.integer):
-        array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
-    if array.ndim == 2 and array.shape[0] < array.shape[1]:
-        array = array.T
-    return array
-
-
-def _to_mono(samples: np.ndarray, where: str) -> np.ndarray:
-    if samples.ndim == 1:
-        return samples
-    if samples.ndim != 2:
-        raise RecordsError(f"{where}: audio has {samples.ndim} dimensions; expected frames x channels")
-    channels = samples.shape[1]
-    if channels == 1:
-        return samples[:, 0]
-    warnings.warn(f"{where}: downmixing {channels} channels to mono", stacklevel=3)
-    return samples.mean(axis=1)
-
-
-def _resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    """Polyphase resampling by the exact rational ratio target/source (reduced by the gcd)."""
-    if source_rate != target_rate:
-        divisor = math.gcd(source_rate, target_rate)
-        samples = resample_poly(samples, target_rate // divisor, source_rate // divisor)
-    return np.ascontiguousarray(samples, dtype=np.float32)
-
-
-def _describe_audio(value: Any) -> str:
-    """A short description of an audio value for errors (never the raw bytes)."""
-    if isinstance(value, dict):
-        return f"path={value.get('path')!r}, bytes={'yes' if value.get('bytes') else 'no'}"
-    if isinstance(value, (str, os.PathLike)):
-        return f"path={str(value)!r}"
-    return type(value).__name__
-
-
 # --- sources -------------------------------------------------------------------------------
 
 
@@ -633,26 +537,13 @@ def _looks_like_hub_id(source: str) -> bool:
 
 def _read_jsonl(path: Path, max_samples: int | None) -> tuple[datasets.Dataset, list[str]]:
     """Parse a JSONL file (blank lines skipped) into a dataset plus a "line N" label per row."""
-    records, labels = [], []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if max_samples is not None and len(records) >= max_samples:
-                break
-            if not line.strip():
-                continue
-            records.append(_parse_json_object(line, f"{path}, line {line_number}"))
-            labels.append(f"line {line_number}")
-    return _dataset_from_records(records, labels, str(path)), labels
-
-
-def _parse_json_object(line: str, where: str) -> dict:
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise RecordsError(f"{where}: invalid JSON: {error}") from error
-    if not isinstance(record, dict):
-        raise RecordsError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
+        rows = read_jsonl_numbered(path, limit=max_samples)
+    except JsonlError as error:
+        raise RecordsError(str(error)) from error
+    records = [record for _, record in rows]
+    labels = [f"line {line_number}" for line_number, _ in rows]
+    return _dataset_from_records(records, labels, str(path)), labels
 
 
 def _dataset_from_records(records: list[dict], labels: list[str], source_name: str) -> datasets.Dataset:
@@ -706,11 +597,9 @@ def _load_hub_split(dataset_id: str, split: str) -> datasets.Dataset:
 __all__ = [
     "AUDIO_FEATURE",
     "HUB_DATASET_KINDS",
-    "TARGET_SAMPLING_RATE",
     "Layout",
     "RecordsError",
     "detect_layout",
     "load_records",
     "normalize_columns",
-    "read_audio",
 ]

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
 METHODS = ("full", "layer_lr", "lora")
@@ -100,29 +102,11 @@ def _done(path: Path) -> bool:
     return path.exists()
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    os.replace(temporary, path)
-
-
 def training_prompts(count: int, seed: int = 0) -> list[dict]:
     """The first `count` prompts of `data/train_questions.jsonl` in a seeded shuffle (the file is
     grouped by kind, instructions first): any prefix mixes QA questions and instructions, and a
     smaller set is a prefix of a larger one."""
-    prompts = _read_jsonl(DATA_DIR / "train_questions.jsonl")
+    prompts = read_jsonl(DATA_DIR / "train_questions.jsonl")
     random.Random(seed).shuffle(prompts)
     return prompts[:count]
 
@@ -185,27 +169,27 @@ class Reproduction:
     def prepare_data(self) -> None:
         """Text splits (disjoint by construction), self-distilled responses, then speech."""
         text_dir = self.dir / "data" / "text"
-        qa = _read_jsonl(DATA_DIR / "general_knowledge_qa.jsonl")
+        qa = read_jsonl(DATA_DIR / "general_knowledge_qa.jsonl")
         preset = self.preset
         importance_set = qa[: preset.importance_records]
         held_out = qa[preset.importance_records :]
         ppl_set = held_out[: preset.ppl_records]
-        test_set = (_read_jsonl(DATA_DIR / "demo_qa.jsonl") + held_out[preset.ppl_records :])[: preset.test_records]
+        test_set = (read_jsonl(DATA_DIR / "demo_qa.jsonl") + held_out[preset.ppl_records :])[: preset.test_records]
         for name, rows in (("importance", importance_set), ("ppl", ppl_set), ("test", test_set)):
             if not _done(self.spoken(name)):
-                _write_jsonl(text_dir / f"{name}.jsonl", [{"question": r["question"], "answers": r["answers"]} for r in rows])
+                write_jsonl(text_dir / f"{name}.jsonl", [{"question": r["question"], "answers": r["answers"]} for r in rows])
                 run_command(["synthesize", "--data", str(text_dir / f"{name}.jsonl"), "--out", str(self.spoken(name).parent)])
         if not _done(self.spoken("train")):
             # Every training prompt is spoken once; the alignment stage reads them all (question only).
             prompts = training_prompts(max(preset.align_records, preset.train_records))
-            _write_jsonl(text_dir / "align.jsonl", [{"question": prompt["question"], "answers": []} for prompt in prompts])
+            write_jsonl(text_dir / "align.jsonl", [{"question": prompt["question"], "answers": []} for prompt in prompts])
             run_command(["synthesize", "--data", str(text_dir / "align.jsonl"), "--out", str(self.spoken("train").parent)])
         if not _done(self.qa_train_data):
             train_text = text_dir / "train.jsonl"
             if not _done(train_text):
                 self._self_distil(training_prompts(preset.train_records), train_text)
-            audio_of = {row["question"]: row["audio"] for row in _read_jsonl(self.spoken("train"))}
-            _write_jsonl(self.qa_train_data, [{**row, "audio": audio_of[row["question"]]} for row in _read_jsonl(train_text)])
+            audio_of = {row["question"]: row["audio"] for row in read_jsonl(self.spoken("train"))}
+            write_jsonl(self.qa_train_data, [{**row, "audio": audio_of[row["question"]]} for row in read_jsonl(train_text)])
 
     def _self_distil(self, rows: list[dict], out: Path) -> None:
         """Responses of the base LLM to the typed questions: the speech model learns to answer as it would."""
@@ -217,7 +201,7 @@ class Reproduction:
         responses = continuous_greedy_answers(model, processor, questions, None, self.preset.eval_batch_size * 2,
                                               self.preset.response_tokens, progress=self.progress,
                                               description="self-distilled responses")
-        _write_jsonl(out, [{"question": q, "response": r} for q, r in zip(questions, responses) if r])
+        write_jsonl(out, [{"question": q, "response": r} for q, r in zip(questions, responses) if r])
 
     def base_importance(self) -> dict[str, dict]:
         """Importance of the pre-trained model (text and speech input) and its Table 1."""
@@ -285,7 +269,7 @@ class Reproduction:
             if not _done(summary_path):
                 summary = train([str(self.train_config(method))])
                 summary["loss_curve"] = self._loss_curve(Path(summary["output_dir"]))
-                _write_json(summary_path, summary)
+                atomic_write_json(summary_path, summary)
             summaries[method] = json.loads(summary_path.read_text())
             artifact = self.importance(f"{method}-text")
             if method != ALIGN and not _done(artifact):
@@ -340,7 +324,7 @@ class Reproduction:
                 }
             if ALIGN in perplexity:  # frozen LLM: text input reads the same weights as No-FT
                 perplexity[ALIGN] = {"text": perplexity["no_ft"]["text"], **perplexity[ALIGN]}
-            _write_json(ppl_path, perplexity)
+            atomic_write_json(ppl_path, perplexity)
         return {"table2": table2, "cascade": cascade, "perplexity": json.loads(ppl_path.read_text())}
 
     def compare(self) -> dict[str, Any]:
@@ -392,7 +376,7 @@ class Reproduction:
             "stage_seconds": self.timings,
             "wall_s": round(time.perf_counter() - started, 1),
         }
-        _write_json(self.dir / "results.json", results)
+        atomic_write_json(self.dir / "results.json", results)
         (self.dir / "report.md").write_text(render_report(results, self.dir))
         return results
 

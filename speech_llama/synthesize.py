@@ -19,17 +19,16 @@ import hashlib
 import importlib
 import importlib.util
 import json
-import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from speech_llama.audio import SAMPLE_RATE, read_wav, resample, write_wav
+from speech_llama.files import JsonlError, atomic_write_text, read_jsonl_numbered
 from speech_llama.offline.cache import OfflineWeightsMissingError, installed_package_dir
 
-TARGET_SAMPLE_RATE = 16_000
 DATA_FILE_NAME = "data.jsonl"
 AUDIO_DIR_NAME = "audio"
 AUDIO_FIELD = "audio"
@@ -120,14 +119,10 @@ def resample_to_16k(audio_int16: np.ndarray, sample_rate: int) -> np.ndarray:
     Uses the exact rational ratio (320/441 for Piper's 22 050 Hz): an approximate ratio shifts
     pitch and duration slightly and silently ruins recognition.
     """
-    from scipy.signal import resample_poly
-
     audio = audio_int16.astype(np.float32) / 32768.0
-    if sample_rate == TARGET_SAMPLE_RATE:
+    if sample_rate == SAMPLE_RATE:
         return audio
-    divisor = math.gcd(TARGET_SAMPLE_RATE, sample_rate)
-    resampled = resample_poly(audio, TARGET_SAMPLE_RATE // divisor, sample_rate // divisor)
-    return np.clip(resampled, -1.0, 1.0).astype(np.float32)
+    return np.clip(resample(audio, sample_rate), -1.0, 1.0)
 
 
 def synthesize_text(text: str, voice: str = DEFAULT_VOICE) -> np.ndarray:
@@ -142,23 +137,6 @@ def synthesize_text(text: str, voice: str = DEFAULT_VOICE) -> np.ndarray:
     if audio.size == 0:
         raise ValueError(f"Piper produced no audio for {text!r}")
     return resample_to_16k(audio, sample_rate)
-
-
-def write_wav_atomically(path: Path, audio: np.ndarray) -> None:
-    """Write 16 kHz float audio as PCM16 to a temp file, then rename it to ``path``.
-
-    A crash leaves either no file or a complete one at ``path``, which is what makes resuming
-    safe.
-    """
-    import soundfile
-
-    tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        soundfile.write(tmp_path, audio, TARGET_SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,20 +161,14 @@ def read_jsonl_records(path: Path) -> list[SourceRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input records file {path} does not exist")
-    records = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: malformed JSON: {error.msg} (column {error.colno})") from None
-            if not isinstance(fields, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(fields).__name__}")
-            records.append(SourceRecord(where, fields))
-    return records
+    try:
+        rows = read_jsonl_numbered(path)
+    except JsonlError as error:
+        problem = error.problem
+        if error.cause is not None:
+            problem = f"malformed JSON: {error.cause.msg} (column {error.cause.colno})"
+        raise ValueError(f"{path}:{error.line}: {problem}") from None
+    return [SourceRecord(f"{path}:{line_number}", fields) for line_number, fields in rows]
 
 
 def as_source_records(records: str | Path | Sequence[dict]) -> list[SourceRecord]:
@@ -252,16 +224,6 @@ def json_line(fields: dict, where: str) -> str:
         return json.dumps(fields, ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: record cannot be written as JSON: {error}") from None
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp_path.write_text(text, encoding="utf-8")
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 @dataclass(frozen=True)
@@ -327,10 +289,10 @@ def synthesize_records(
         disable=not progress,
     ) as bar:
         for item in missing:
-            write_wav_atomically(out_dir / item.audio_path, synthesize_text(item.text, voice))
+            write_wav(out_dir / item.audio_path, synthesize_text(item.text, voice))
             bar.update(1)
     data_path = out_dir / DATA_FILE_NAME
-    write_text_atomically(data_path, "".join(item.line + "\n" for item in planned))
+    atomic_write_text(data_path, "".join(item.line + "\n" for item in planned))
     return data_path
 
 
@@ -342,18 +304,6 @@ def synthesize_records(
 def torchcodec_available() -> bool:
     """datasets ≥ 4 decodes ``Audio`` only through torchcodec (not installed by default)."""
     return importlib.util.find_spec("torchcodec") is not None
-
-
-def read_wav_16k(path: str | Path) -> np.ndarray:
-    """A 16 kHz mono wav as float32 of shape (n,); error if the rate or channels differ."""
-    import soundfile
-
-    audio, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    if sample_rate != TARGET_SAMPLE_RATE or audio.shape[1] != 1:
-        raise ValueError(
-            f"{path}: expected 16 kHz mono, got {sample_rate} Hz with {audio.shape[1]} channels"
-        )
-    return audio[:, 0]
 
 
 def rows_with_all_fields(rows: list[dict]) -> list[dict]:
@@ -370,7 +320,7 @@ def _decode_audio_with_soundfile(batch: dict) -> dict:
     """``set_transform`` hook: Audio(decode=False) values → {"path", "array", "sampling_rate"}
     dicts, the same keys datasets' own decoder answers to."""
     batch[AUDIO_FIELD] = [
-        {"path": value["path"], "array": read_wav_16k(value["path"]), "sampling_rate": TARGET_SAMPLE_RATE}
+        {"path": value["path"], "array": read_wav(value["path"]), "sampling_rate": SAMPLE_RATE}
         for value in batch[AUDIO_FIELD]
     ]
     return batch
@@ -388,7 +338,7 @@ def load_spoken_dataset(out_dir: str | Path, decode: bool | None = None):
             ``{"path", "bytes"}`` values. None (default): datasets decodes when torchcodec is
             installed; otherwise the column is ``Audio(decode=False)`` and a
             ``set_transform`` reads the wavs with soundfile (a transform is dropped by
-            ``map``/``with_format``; read with ``read_wav_16k`` there).
+            ``map``/``with_format``; read with ``speech_llama.audio.read_wav`` there).
     """
     from datasets import Audio, Dataset
     from pyarrow import ArrowException
@@ -411,7 +361,7 @@ def load_spoken_dataset(out_dir: str | Path, decode: bool | None = None):
     except (TypeError, ValueError, ArrowException) as error:
         raise ValueError(f"{data_path}: records cannot form one table: {error}") from None
     dataset = dataset.cast_column(
-        AUDIO_FIELD, Audio(sampling_rate=TARGET_SAMPLE_RATE, decode=use_datasets_decoder)
+        AUDIO_FIELD, Audio(sampling_rate=SAMPLE_RATE, decode=use_datasets_decoder)
     )
     if decode is None and not use_datasets_decoder:
         dataset.set_transform(_decode_audio_with_soundfile, columns=[AUDIO_FIELD], output_all_columns=True)

@@ -11,13 +11,13 @@ import pytest
 import soundfile
 
 from speech_llama import records
+from speech_llama.audio import read_audio
 from speech_llama.records import (
     AUDIO_FEATURE,
     RecordsError,
     detect_layout,
     load_records,
     normalize_columns,
-    read_audio,
 )
 
 TONE_HZ = 440.0

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_speech_llama.modeling_speech_llama import speech_token_count
+from speech_llama.audio import read_audio
 from speech_llama.collate import record_location
-from speech_llama.records import read_audio
 
 COSINE_SCALE = 30.0
 CTC_TARGETS = "ctc_targets"
