@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TTS_PACKAGES := flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts espeak-ng sox
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
 .PHONY: install demo test bench paper clean
@@ -18,6 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	@# The Space's browser test drives Debian's Chromium (Playwright must not download a browser).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "install Chromium (Debian: apt-get install chromium) for tests/test_space.py"
+	@# The speech corpus's offline voices and SoX (speech_llama/corpus/voices.py).
+	command -v flite >/dev/null && command -v text2wave >/dev/null && command -v espeak-ng >/dev/null \
+		&& command -v sox >/dev/null && test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
+		|| (apt-get update -qq && apt-get install -y -qq $(TTS_PACKAGES)) \
+		|| echo "install the corpus voices (Debian: apt-get install $(TTS_PACKAGES))"
 	touch $(STAMP)
 
 # Serves the Gradio Space on http://127.0.0.1:7860/ (first start builds offline-mini and its

@@ -6,6 +6,9 @@ This file is uploaded as Hub remote code: it imports only from `transformers` an
 from transformers import AutoConfig, PretrainedConfig, WhisperConfig
 
 
+ADAPTOR_OUTPUTS = ("linear", "embedding_mixture")
+
+
 class SpeechLlamaConfig(PretrainedConfig):
     r"""
     Configuration of [`SpeechLlamaForCausalLM`] (LLaMA-Omni Stage 1 layout).
@@ -23,6 +26,14 @@ class SpeechLlamaConfig(PretrainedConfig):
             Id of the `<speech>` placeholder token in the LLM vocabulary.
         freeze_encoder (`bool`, *optional*, defaults to `True`):
             Keep the Whisper encoder frozen (LLaMA-Omni Stage 1): no gradients, run under `no_grad`.
+        adaptor_output (`str`, *optional*, defaults to `"linear"`):
+            What the LLM reads at the speech positions: `"linear"` (the adaptor MLP's output, LLaMA-Omni) or
+            `"embedding_mixture"` (the posterior-weighted sum of the LLM's own token embeddings under a
+            cosine head over its vocabulary, `<speech>` as the CTC blank; LegoSLM).
+        adaptor_logit_scale (`float`, *optional*, defaults to 30.0):
+            s in logits_v = s · cos(h, E_v), the adaptor's head over the LLM vocabulary.
+        adaptor_mixture_temperature (`float`, *optional*, defaults to 1.0):
+            Softmax temperature of the embedding mixture (lower: closer to one token per frame).
 
     Example:
 
@@ -43,6 +54,9 @@ class SpeechLlamaConfig(PretrainedConfig):
         adaptor_hidden_size: int = 2048,
         speech_token_id: int | None = None,
         freeze_encoder: bool = True,
+        adaptor_output: str = "linear",
+        adaptor_logit_scale: float = 30.0,
+        adaptor_mixture_temperature: float = 1.0,
         **kwargs,
     ):
         self.encoder_config = _as_config(encoder_config, default_model_type="whisper")
@@ -53,6 +67,15 @@ class SpeechLlamaConfig(PretrainedConfig):
         self.adaptor_hidden_size = adaptor_hidden_size
         self.speech_token_id = speech_token_id
         self.freeze_encoder = freeze_encoder
+        if adaptor_output not in ADAPTOR_OUTPUTS:
+            raise ValueError(f"adaptor_output must be one of {ADAPTOR_OUTPUTS}, got {adaptor_output!r}")
+        if adaptor_output == "embedding_mixture" and speech_token_id is None:
+            raise ValueError("adaptor_output='embedding_mixture' needs speech_token_id (the CTC blank)")
+        if adaptor_mixture_temperature <= 0:
+            raise ValueError(f"adaptor_mixture_temperature must be > 0, got {adaptor_mixture_temperature}")
+        self.adaptor_output = adaptor_output
+        self.adaptor_logit_scale = adaptor_logit_scale
+        self.adaptor_mixture_temperature = adaptor_mixture_temperature
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 

@@ -29,22 +29,62 @@ def speech_token_count(num_mel_frames: int, downsample: int) -> int:
 
 
 class SpeechAdaptor(nn.Module):
-    """Concatenate k consecutive encoder frames, then Linear → ReLU → Linear (LLaMA-Omni)."""
+    """Concatenate k consecutive encoder frames, then Linear → ReLU → Linear (LLaMA-Omni).
+
+    `config.adaptor_output` chooses what the LLM reads:
+    - "linear": the MLP output itself (LLaMA-Omni).
+    - "embedding_mixture": the MLP output h scores every row E_v of the LLM's input embeddings,
+      logits_v = s · cos(h, E_v) (s = `adaptor_logit_scale`), and the LLM reads the posterior-weighted
+      sum Σ_v p_v E_v with p = softmax(logits / `adaptor_mixture_temperature`) (LegoSLM). The
+      `<speech>` id is the CTC blank; its share of the mass goes to the learned `blank_embedding`
+      (zeros at init), so a blank frame reads as almost nothing. Inputs stay on the LLM's own
+      token-embedding manifold.
+    """
 
     def __init__(self, config: SpeechLlamaConfig):
         super().__init__()
         self.downsample = config.adaptor_downsample
+        self.output_mode = config.adaptor_output
+        self.logit_scale = config.adaptor_logit_scale
+        self.temperature = config.adaptor_mixture_temperature
+        self.blank_id = config.speech_token_id
         encoder_width = config.encoder_config.d_model
         self.linear_1 = nn.Linear(encoder_width * self.downsample, config.adaptor_hidden_size)
         self.act = nn.ReLU()
         self.linear_2 = nn.Linear(config.adaptor_hidden_size, config.text_config.hidden_size)
+        if self.output_mode == "embedding_mixture":
+            self.blank_embedding = nn.Parameter(torch.zeros(config.text_config.hidden_size))
 
-    def forward(self, encoder_states: torch.Tensor) -> torch.Tensor:
-        """(B, T_enc, d_enc) → (B, ⌊T_enc / k⌋, d_llm); trailing frames that do not fill a group are dropped."""
+    def project(self, encoder_states: torch.Tensor) -> torch.Tensor:
+        """(B, T_enc, d_enc) → (B, ⌊T_enc / k⌋, d_llm) MLP output; trailing frames that do not fill a group are dropped."""
         batch, frames, width = encoder_states.shape
         groups = frames // self.downsample
         stacked = encoder_states[:, : groups * self.downsample].reshape(batch, groups, width * self.downsample)
         return self.linear_2(self.act(self.linear_1(stacked)))
+
+    def token_logits(self, projected: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """(…, d_llm) MLP output × (V, d_llm) token embeddings → (…, V) scaled cosine logits (fp32)."""
+        cosine = nn.functional.normalize(projected.float(), dim=-1) @ nn.functional.normalize(token_embeddings.float(), dim=-1).T
+        return self.logit_scale * cosine
+
+    def mixture(self, logits: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """(…, V) logits → (…, d_llm) posterior-weighted token embeddings (blank mass → `blank_embedding`)."""
+        probs = (logits / self.temperature).softmax(-1)
+        blank = probs[..., self.blank_id : self.blank_id + 1]
+        embeddings = token_embeddings.float().index_fill(0, torch.tensor([self.blank_id], device=probs.device), 0.0)
+        return probs @ embeddings + blank * self.blank_embedding.float()
+
+    def forward(self, encoder_states: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T_enc, d_enc) → (B, ⌊T_enc / k⌋, d_llm) frames the LLM reads.
+
+        `token_embeddings` (V, d_llm), the LLM's input embedding matrix, is required for "embedding_mixture".
+        """
+        projected = self.project(encoder_states)
+        if self.output_mode == "linear":
+            return projected
+        if token_embeddings is None:
+            raise ValueError("adaptor_output='embedding_mixture' needs the LLM's token embeddings (V, d_llm)")
+        return self.mixture(self.token_logits(projected, token_embeddings), token_embeddings).to(projected.dtype)
 
 
 @dataclass
@@ -73,6 +113,8 @@ class SpeechLlamaPreTrainedModel(PreTrainedModel):
             for linear in (module.linear_1, module.linear_2):
                 nn.init.normal_(linear.weight, mean=0.0, std=std)
                 nn.init.zeros_(linear.bias)
+            if hasattr(module, "blank_embedding"):
+                nn.init.zeros_(module.blank_embedding)
         elif not isinstance(module, SpeechLlamaPreTrainedModel):
             super()._init_weights(module)
 
@@ -178,7 +220,7 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
             encoder_states = self.encode_speech(input_features, input_features_mask)
-        speech_embeds = self.adaptor(encoder_states)
+        speech_embeds = self.adaptor(encoder_states, self.get_input_embeddings().weight)
         lengths = input_features_mask.sum(-1).tolist()
         per_clip = [
             speech_embeds[i, : speech_token_count(int(n), self.config.adaptor_downsample)] for i, n in enumerate(lengths)

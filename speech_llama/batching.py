@@ -145,10 +145,11 @@ def _end_ids(model) -> set[int]:
 
 
 def _prefill(model, processor, batch: RunningBatch, admitted: list[int], questions, audios,
-             prefix: SharedPrefix) -> None:
+             prefix: SharedPrefix, instruction: str | None = None) -> None:
     """Run the prompts of `admitted` requests (after the shared prefix when they have one), join their
     cache to the batch, record their first token."""
-    inputs = qa_inputs(processor, [questions[i] for i in admitted], [audios[i] for i in admitted]).to(model.device)
+    inputs = qa_inputs(processor, [questions[i] for i in admitted], [audios[i] for i in admitted],
+                       instruction).to(model.device)
     rows = _unpadded_rows(inputs)
     if not prefix.covers(rows):
         # A prefix learned from other prompts only shrinks (its rows shared more than these do).
@@ -205,8 +206,11 @@ def continuous_greedy_answers(
     max_new_tokens: int = 64,
     progress: bool = False,
     description: str = "answers",
+    instruction: str | None = None,
 ) -> list[str]:
     """Greedy answers to every request, in input order; request i is S2T when `audios[i]` is given.
+
+    `instruction` replaces the S2T prompt's instruction (read-back: `generate.TRANSCRIPT_INSTRUCTION`).
 
     Requests are admitted in the given order (sort them by length first to pad less), at most
     `batch_size` decoded at once; prompts are prefilled `batch_size` at a time and join the decoding
@@ -231,7 +235,7 @@ def continuous_greedy_answers(
                 # Prefill a whole batch of prompts in one forward: one prompt alone costs about half of
                 # what eight together cost (measured on CPU); the rows wait in `ready` for free slots.
                 _prefill(model, processor, ready, [waiting.popleft() for _ in range(min(batch_size, len(waiting)))],
-                         questions, audios, prefix)
+                         questions, audios, prefix, instruction)
                 bar.update(_retire_finished(ready, answers, end_ids, max_new_tokens))
             if free and len(ready):
                 _move_rows(ready, batch, min(free, len(ready)))

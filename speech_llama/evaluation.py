@@ -1,8 +1,9 @@
-"""`speech-llama eval`: batched greedy spoken-QA evaluation (T2T, S2T and the ASR cascade).
+"""`speech-llama eval`: batched greedy spoken-QA evaluation (T2T, S2T, the ASR cascade, read-back).
 
 Table 2 protocol: the same records are asked as text (T2T), as audio (S2T), or as audio
 transcribed by a Whisper ASR model and then asked as text (cascade). Scored with the
-`spoken_qa_accuracy` evaluate module.
+`spoken_qa_accuracy` evaluate module. `readback` asks the model to repeat what was said and
+scores the word error rate against the record's question text (does the speech path carry words?).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from evaluate_metrics import load_metric
 from .audio import SAMPLE_RATE, read_audio
 from .batching import continuous_greedy_answers
 from .files import atomic_write_json, write_jsonl
-from .generate import load_model
+from .corpus.texts import normalized
+from .generate import TRANSCRIPT_INSTRUCTION, load_model
 from .records import load_records
 
-TASKS = ("t2t", "s2t", "cascade")
+TASKS = ("t2t", "s2t", "cascade", "readback")
+LISTENING_TASKS = ("s2t", "cascade", "readback")
 
 
 @dataclass
@@ -38,7 +41,7 @@ class EvalItem:
 
 def eval_items(records, task: str) -> list[EvalItem]:
     """Records → items; audio decoded (16 kHz mono) only for the tasks that listen."""
-    needs_audio = task in ("s2t", "cascade")
+    needs_audio = task in LISTENING_TASKS
     items = []
     for row, record in enumerate(records):
         audio = None
@@ -46,7 +49,7 @@ def eval_items(records, task: str) -> list[EvalItem]:
             if record.get("audio") is None:
                 raise ValueError(f"row {row}, column 'audio': task {task} needs audio for every record")
             audio = read_audio(record["audio"], where=f"row {row}, column 'audio'")
-        items.append(EvalItem(record["question"], list(record["answers"]), audio))
+        items.append(EvalItem(record["question"], list(record.get("answers") or []), audio))
     return items
 
 
@@ -95,11 +98,13 @@ def run_predictions(model, processor, items, task, batch_size, max_new_tokens, t
         for batch in tqdm(batches, desc="transcribe", disable=not progress):
             for index, text in zip(batch, transcriber([items[i].audio for i in batch])):
                 transcripts[index] = text
-    asked = {"t2t": [item.question for item in items], "s2t": [None] * len(items), "cascade": transcripts}[task]
+    listening = [None] * len(items)
+    asked = {"t2t": [item.question for item in items], "s2t": listening, "readback": listening, "cascade": transcripts}[task]
     questions = [asked[index] for index in order]
-    audios = [items[index].audio for index in order] if task == "s2t" else None
+    audios = [items[index].audio for index in order] if task in ("s2t", "readback") else None
     answers = continuous_greedy_answers(model, processor, questions, audios, batch_size, max_new_tokens,
-                                        progress=progress, description=f"eval {task}")
+                                        progress=progress, description=f"eval {task}",
+                                        instruction=TRANSCRIPT_INSTRUCTION if task == "readback" else None)
     predictions: list[str | None] = [None] * len(items)
     for index, answer in zip(order, answers):
         predictions[index] = answer
@@ -121,19 +126,24 @@ def evaluate_model(
     """Run one task over a QA set; writes predictions.jsonl + metrics.json and returns the metrics."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    records = load_records(data, split=split, max_samples=max_samples, require_audio=task != "t2t")
+    records = load_records(data, split=split, max_samples=max_samples, require_audio=task != "t2t",
+                           require_answers=task != "readback")
     items = eval_items(records, task)
     model, processor = load_model(model_dir)
     transcriber = WhisperTranscriber(asr_model or default_asr_model()) if task == "cascade" else None
     started = time.perf_counter()
     predictions, transcripts = run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber, progress)
     elapsed = time.perf_counter() - started
-    scored = load_metric("spoken_qa_accuracy").compute(
-        predictions=predictions, references=[item.answers for item in items], return_hits=True
-    )
+    if task == "readback":
+        scored = readback_scores(predictions, [item.question for item in items])
+    else:
+        scored = load_metric("spoken_qa_accuracy").compute(
+            predictions=predictions, references=[item.answers for item in items], return_hits=True
+        )
     metrics = {
         "task": task,
         "accuracy": scored["accuracy"],
+        **({"wer": scored["wer"]} if task == "readback" else {}),
         "n": len(items),
         "samples_per_s": len(items) / elapsed if elapsed > 0 else math.inf,
         "model": str(model_dir),
@@ -149,6 +159,18 @@ def evaluate_model(
         rows.append(row)
     write_results(Path(out_dir), rows, metrics)
     return metrics
+
+
+def readback_scores(predictions: list[str], spoken: list[str]) -> dict:
+    """Read-back: word error rate of what the model repeated against what was said (lowercased words,
+    punctuation dropped); `accuracy` is the share of clips repeated exactly, `hits` per clip."""
+    import jiwer
+
+    references = [normalized(text) for text in spoken]
+    hypotheses = [normalized(text) for text in predictions]
+    hits = [reference == hypothesis for reference, hypothesis in zip(references, hypotheses)]
+    wer = jiwer.wer(references, [hypothesis or "<empty>" for hypothesis in hypotheses])
+    return {"wer": float(wer), "accuracy": sum(hits) / max(len(hits), 1), "hits": hits}
 
 
 def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:

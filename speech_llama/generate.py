@@ -69,9 +69,12 @@ def qa_training_text(processor: SpeechLlamaProcessor, response: str, question: s
     return prompt, full[len(prompt):].rstrip("\n")
 
 
-def qa_inputs(processor: SpeechLlamaProcessor, questions: list[str | None], audios: list[np.ndarray | None]):
-    """Generation-ready prompts for one batch (left-padded tensors); a row is S2T when its audio is given."""
-    prompts = [qa_prompt(processor, q, speech=a is not None) for q, a in zip(questions, audios)]
+def qa_inputs(processor: SpeechLlamaProcessor, questions: list[str | None], audios: list[np.ndarray | None],
+              instruction: str | None = None):
+    """Generation-ready prompts for one batch (left-padded tensors); a row is S2T when its audio is given.
+
+    `instruction` replaces the S2T instruction (e.g. `TRANSCRIPT_INSTRUCTION` for read-back)."""
+    prompts = [qa_prompt(processor, q, speech=a is not None, instruction=instruction) for q, a in zip(questions, audios)]
     return processor(text=prompts, audio=audios if any(a is not None for a in audios) else None, sampling_rate=SAMPLE_RATE)
 
 

@@ -35,3 +35,13 @@ def build_offline_mini(out_dir: Path) -> Path:
 
 
 PRESETS["offline-mini"] = build_offline_mini
+
+
+def offline_mini_dir() -> Path:
+    """offline-mini built once into the cache (`$SPEECH_LLAMA_CACHE/offline-mini`); later calls reuse it."""
+    from .offline.cache import build_atomically, cache_dir
+
+    folder = cache_dir() / "offline-mini"
+    if not (folder / "model.safetensors").is_file():
+        build_atomically(folder, build_offline_mini, replace=True)
+    return folder

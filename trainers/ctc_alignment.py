@@ -1,10 +1,10 @@
 """CTC alignment of the speech adaptor to the LLM's own token embeddings (method `adaptor`, loss `ctc`).
 
-A fresh adaptor learns words slowly through the LLM's answer loss (DESIGN.md: on this CPU, hundreds
+A fresh adaptor learns words slowly through the LLM's answer loss (README: on this CPU, hundreds
 of steps leave it carrying topic, not words). Here each adaptor frame x_t (d_llm) is scored against
 every row E_v of the LLM's input-embedding matrix by cosine similarity, logits_t,v = s · cos(x_t, E_v)
-(s = 30), and a CTC loss asks the frame sequence to spell the spoken question's tokens, with the
-`<speech>` placeholder as the CTC blank. A second term, mean((‖x_t‖ / r − 1)²) with r the mean
+(`SpeechAdaptor.token_logits`, s = 30), and a CTC loss asks the frame sequence to spell the spoken
+question's tokens, with the `<speech>` placeholder as the CTC blank. A second term, mean((‖x_t‖ / r − 1)²) with r the mean
 embedding norm, keeps the frames at the scale the LLM reads (without it they grow ~9x to sharpen
 the softmax). The LLM is not run at all (the embedding matrix is frozen), so a step costs the
 Whisper encoder plus the adaptor: ~30x cheaper than an answer-loss step. Frames then point along
@@ -24,7 +24,6 @@ from modeling_speech_llama.modeling_speech_llama import speech_token_count
 from speech_llama.audio import read_audio
 from speech_llama.collate import record_location
 
-COSINE_SCALE = 30.0
 CTC_TARGETS = "ctc_targets"
 CTC_TARGET_LENGTHS = "ctc_target_lengths"
 
@@ -60,23 +59,49 @@ class TranscriptCTCCollator:
 
 def ctc_alignment_loss(model, input_features: torch.Tensor, input_features_mask: torch.Tensor,
                        ctc_targets: torch.Tensor, ctc_target_lengths: torch.Tensor) -> torch.Tensor:
-    """CTC loss of the adaptor frames against the question tokens (blank = `<speech>`) + the norm term.
+    """CTC loss of the adaptor frames against the question tokens, from audio features.
 
     Args:
         model: a `SpeechLlamaForCausalLM` (not DDP-wrapped).
         input_features: (B, n_mels, T_mel); input_features_mask: (B, T_mel).
         ctc_targets: (B, S) token ids; ctc_target_lengths: (B,).
-    Clips with fewer frames than a CTC path needs contribute zero (`zero_infinity`).
     """
-    frames = model.get_speech_features(input_features, input_features_mask)  # (ΣN_i, d_llm)
-    counts = [speech_token_count(int(n), model.config.adaptor_downsample) for n in input_features_mask.sum(-1)]
-    embeddings = model.get_input_embeddings().weight.detach().float()  # (V, d_llm)
-    frames = frames.float()
-    cosine = F.normalize(frames, dim=-1) @ F.normalize(embeddings, dim=-1).T  # (ΣN_i, V)
-    log_probs = (COSINE_SCALE * cosine).log_softmax(-1)
-    padded = torch.nn.utils.rnn.pad_sequence(list(torch.split(log_probs, counts)))  # (T_max, B, V)
-    ctc = F.ctc_loss(padded, ctc_targets, torch.tensor(counts), ctc_target_lengths,
+    with torch.no_grad():
+        encoder_states = encoder_forward(model, input_features, input_features_mask)
+    frame_counts = [speech_token_count(int(n), model.config.adaptor_downsample) for n in input_features_mask.sum(-1)]
+    return ctc_loss_from_states(model, encoder_states, frame_counts, ctc_targets, ctc_target_lengths)
+
+
+def encoder_forward(model, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
+    """(B, n_mels, T_mel) → (B, ⌈T_mel / 2⌉, d_enc) states of the model's variable-length encoder."""
+    return model.encode_speech(input_features, input_features_mask)
+
+
+def ctc_loss_from_states(model, encoder_states: torch.Tensor, frame_counts: list[int], ctc_targets: torch.Tensor,
+                         ctc_target_lengths: torch.Tensor) -> torch.Tensor:
+    """CTC of the adaptor's vocabulary head (blank = `<speech>`) on (B, T_enc, d_enc) encoder states.
+
+    `frame_counts[i]` adaptor frames of clip i are real (N_i = ⌊T_enc_i / k⌋). With
+    `adaptor_output="linear"` a second term, mean((‖x_t‖ / r − 1)²) with r the mean embedding norm,
+    keeps the frames the LLM reads at the scale of its embeddings (without it they grow ~9x to sharpen
+    the softmax); the embedding mixture is on that scale by construction. Clips with fewer frames
+    than a CTC path needs contribute zero (`zero_infinity`).
+    """
+    adaptor = model.adaptor
+    embeddings = model.get_input_embeddings().weight.detach()  # (V, d_llm)
+    projected = adaptor.project(encoder_states)  # (B, T, d_llm)
+    log_probs = adaptor.token_logits(projected, embeddings).log_softmax(-1)  # (B, T, V) fp32
+    ctc = F.ctc_loss(log_probs.transpose(0, 1), ctc_targets, torch.tensor(frame_counts), ctc_target_lengths,
                      blank=model.config.speech_token_id, zero_infinity=True)
-    embedding_norm = embeddings.norm(dim=-1).mean()
-    scale = ((frames.norm(dim=-1) / embedding_norm - 1) ** 2).mean()
+    if model.config.adaptor_output != "linear":
+        return ctc
+    real = torch.arange(projected.shape[1])[None, :] < torch.tensor(frame_counts)[:, None]
+    embedding_norm = embeddings.float().norm(dim=-1).mean()
+    scale = ((projected.float()[real].norm(dim=-1) / embedding_norm - 1) ** 2).mean()
     return ctc + scale
+
+
+def greedy_ctc_tokens(log_probs: torch.Tensor, frame_count: int, blank: int) -> list[int]:
+    """Best-path CTC decoding of one clip's (T, V) scores: argmax, merge repeats, drop blanks."""
+    best = log_probs[:frame_count].argmax(-1).tolist()
+    return [token for index, token in enumerate(best) if token != blank and (index == 0 or token != best[index - 1])]

