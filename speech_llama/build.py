@@ -72,10 +72,11 @@ def compose(encoder, language_model, tokenizer, feature_extractor, downsample: i
         adaptor_hidden_size=adaptor_hidden,
         speech_token_id=speech_token_id,
     )
-    # Build the shell on the meta device: the real encoder and LM are moved in, not copied.
+    # Build the shell on the meta device: the real encoder and LM are moved in, not copied. The
+    # encoder's tensors go into the shell's variable-length encoder (same keys as WhisperEncoder).
     with torch.device("meta"):
         model = SpeechLlamaForCausalLM(config)
-    model.encoder = encoder
+    model.encoder.load_state_dict(encoder.state_dict(), strict=True, assign=True)
     model.encoder.requires_grad_(not config.freeze_encoder)
     model.language_model = language_model
     with torch.random.fork_rng(devices=[]):
