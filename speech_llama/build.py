@@ -9,8 +9,6 @@ The named builds (`tiny-random`, `offline-mini`, …) live in :mod:`speech_llama
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from transformers import (
 )
 
 from modeling_speech_llama import SpeechAdaptor, SpeechLlamaConfig, SpeechLlamaForCausalLM, SpeechLlamaProcessor
+
+from .offline.cache import build_atomically
 
 SPEECH_TOKEN = "<speech>"
 AUTO_MAP = {
@@ -104,22 +104,15 @@ def _generation_config(language_model, tokenizer) -> GenerationConfig:
 
 
 def save_model_folder(model, processor, out_dir: Path, info: BuildInfo) -> Path:
-    """Write the complete Hub folder atomically (a temp dir renamed into place)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    """Write the complete Hub folder atomically (a temp dir renamed into place, replacing an old one)."""
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         ensure_auto_map(staging)
         (staging / "README.md").write_text(model_card(model, info))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out_dir
+
+    return build_atomically(Path(out_dir), write, replace=True)
 
 
 def ensure_auto_map(folder: Path) -> None:
