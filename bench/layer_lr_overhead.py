@@ -53,7 +53,7 @@ def model_dir(requested: Path | None, scratch: Path) -> tuple[Path, str]:
         return requested, str(requested)
     if (DEFAULT_MODEL / "config.json").is_file():
         return DEFAULT_MODEL, "offline-mini"
-    from speech_llama.build import build_tiny_random
+    from speech_llama.presets import build_tiny_random
 
     return build_tiny_random(scratch / "tiny-random"), "tiny-random"
 

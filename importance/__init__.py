@@ -6,12 +6,13 @@ figures); CLI commands in `cli_importance`, `cli_deactivate`, `cli_compare` (wir
 `speech-llama`, or run as ``python -m importance.cli COMMAND``).
 """
 
+from speech_llama.parameters import layer_and_module
+
 from .artifact import (
     DEFAULT_PARAMS,
     ImportanceArtifact,
     build_summary,
     check_against_model,
-    layer_and_module,
     load_artifact,
     save_artifact,
     summarize,

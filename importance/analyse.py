@@ -23,7 +23,9 @@ import torch
 from safetensors import safe_open
 from scipy.stats import spearmanr
 
-from .artifact import DEFAULT_PARAMS, ImportanceArtifact, layer_and_module
+from speech_llama.parameters import layer_and_module
+
+from .artifact import DEFAULT_PARAMS, ImportanceArtifact
 
 TOP_SHARE = 0.05
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,12 +27,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from speech_llama.files import atomic_write, atomic_write_json
+from speech_llama.parameters import layer_and_module
 
 # Every parameter of the LLM's decoder layers (the paper's analysed set).
 DEFAULT_PARAMS = r"language_model\.model\.layers\."
-# "[language_model.]model.layers.{l}.{suffix}" → (l, suffix): the LLM's decoder layers only (the
-# Whisper encoder's "encoder.layers.{l}" are not decoder layers); the suffix names the module type.
-LAYER_NAME = re.compile(r"^(?:language_model\.)?model\.layers\.(\d+)\.(.+)$")
 SUMMARY_KEYS = ("model", "input", "num_samples", "num_tokens", "reduction", "layers", "modules", "created")
 
 
@@ -43,15 +40,6 @@ def json_path_for(path: str | os.PathLike) -> Path:
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: an importance artifact must end in .safetensors")
     return path.with_suffix(".json")
-
-
-def layer_and_module(name: str) -> tuple[int, str] | None:
-    """(layer index, module suffix) of an LLM decoder-layer parameter name; None for any other
-    (embeddings, lm_head, encoder, adaptor)."""
-    match = LAYER_NAME.search(name)
-    if match is None:
-        return None
-    return int(match.group(1)), match.group(2)
 
 
 def summarize(importances: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, Any]:

@@ -7,13 +7,13 @@ Several CPU processes: ``accelerate launch --num_processes 2 --cpu -m importance
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch.distributed as dist
 
-from .artifact import DEFAULT_PARAMS, build_summary, json_path_for, save_artifact
-from .estimate import REDUCTIONS, estimate_importance, init_distributed, load_slice, select_parameters, sharded_batches
+from .artifact import DEFAULT_PARAMS, json_path_for
+from .estimate import REDUCTIONS, init_distributed, load_slice
+from .pipeline import estimate_and_save
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,42 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from speech_llama.collate import QACollator
     from speech_llama.generate import load_model
 
     json_path_for(args.out)  # fail on a bad name before minutes of compute
     rank, world = init_distributed()
     model, processor = load_model(args.model)
     records = load_slice(args.data, args.split, args.skip, args.max_samples, require_audio=args.input == "speech")
-    params = select_parameters(model, args.params)
-    collator = QACollator(processor, input=args.input, max_length=args.max_length)
-    num_batches = math.ceil(len(records) / args.batch_size)
-    result = estimate_importance(
-        model,
-        sharded_batches(records, collator, args.batch_size, rank, world),
-        params,
-        reduction=args.reduction,
-        progress=not args.no_progress,
-        total_batches=len(range(rank, num_batches, world)),
+    result, summary = estimate_and_save(
+        model, processor, records, args.out,
+        model_name=str(args.model), data=str(args.data), input=args.input, params=args.params,
+        reduction=args.reduction, batch_size=args.batch_size, max_length=args.max_length,
+        rank=rank, world=world, progress=not args.no_progress, skip=args.skip,
     )
     if rank == 0:
-        summary = build_summary(
-            result.importances,
-            num_layers=model.config.text_config.num_hidden_layers,
-            model=str(args.model),
-            input=args.input,
-            num_samples=result.num_samples,
-            num_tokens=result.num_tokens,
-            reduction=args.reduction,
-            params=args.params,
-            skipped_batches=result.skipped_batches,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            data=str(args.data),
-            skip=args.skip,
-            processes=world,
-        )
-        save_artifact(args.out, result.importances, summary)
         print(
             f"importance: {len(result.importances)} parameters ({summary['num_parameters'] / 1e6:.1f} M values), "
             f"{result.num_samples} records, {result.num_tokens} response tokens, "

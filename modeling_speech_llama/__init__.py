@@ -1,5 +1,11 @@
 from .configuration_speech_llama import SpeechLlamaConfig
-from .modeling_speech_llama import SpeechAdaptor, SpeechLlamaForCausalLM, SpeechLlamaPreTrainedModel, speech_token_count
+from .modeling_speech_llama import (
+    SpeechAdaptor,
+    SpeechLlamaForCausalLM,
+    SpeechLlamaPreTrainedModel,
+    SpeechLlamaWhisperEncoder,
+    speech_token_count,
+)
 from .processing_speech_llama import SpeechLlamaProcessor
 
 
@@ -9,5 +15,6 @@ __all__ = [
     "SpeechLlamaForCausalLM",
     "SpeechLlamaPreTrainedModel",
     "SpeechLlamaProcessor",
+    "SpeechLlamaWhisperEncoder",
     "speech_token_count",
 ]

@@ -94,6 +94,52 @@ class SpeechLlamaCausalLMOutput(CausalLMOutputWithPast):
     speech_embeds: torch.FloatTensor | None = None
 
 
+class SpeechLlamaWhisperEncoder(WhisperEncoder):
+    """Whisper's encoder on clips shorter than 30 s, each masked to its own length.
+
+    Same weights and state-dict keys as `WhisperEncoder`; only `forward` differs: Whisper pads
+    every clip to 30 s, this one reads right-padded batches of any length up to 30 s.
+    """
+
+    def forward(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            input_features: (B_a, n_mels, T_mel) log-mel features, right-padded.
+            input_features_mask: (B_a, T_mel), 1 on real frames.
+        Returns:
+            (B_a, ⌈T_mel / 2⌉, d_enc) encoder states; frames past a clip's own length are garbage.
+
+        Padded mel frames and conv outputs are zeroed so that the convolutions see exactly the zero
+        padding an unbatched clip gets, and attention ignores padded keys: a clip's states do not
+        depend on what it is batched with.
+        """
+        max_frames = self.config.max_source_positions
+        mel_mask = input_features_mask.to(dtype=self.conv1.weight.dtype)[:, None, :]
+        hidden = input_features.to(dtype=self.conv1.weight.dtype) * mel_mask
+        hidden = nn.functional.gelu(self.conv1(hidden)) * mel_mask
+        hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)
+        num_frames = hidden.shape[1]
+        if num_frames > max_frames:
+            raise ValueError(
+                f"speech input has {input_features.shape[-1]} mel frames ({num_frames} encoder frames); the "
+                f"encoder accepts at most {max_frames} encoder frames ({max_frames * 0.02:.0f} s of audio)"
+            )
+        hidden = hidden + self.embed_positions.weight[:num_frames].to(hidden.dtype)
+        frame_mask = self.frame_mask(input_features_mask, num_frames)
+        attention_bias = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
+        attention_bias = attention_bias.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)
+        attention_bias = attention_bias[:, None, None, :].expand(-1, 1, num_frames, -1)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_bias)
+        return self.layer_norm(hidden)
+
+    @staticmethod
+    def frame_mask(input_features_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(B_a, T_mel) mel mask → (B_a, T_enc) bool mask of valid encoder frames (⌈len / 2⌉ each)."""
+        lengths = (input_features_mask.sum(-1) + 1) // 2
+        return torch.arange(num_frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class SpeechLlamaPreTrainedModel(PreTrainedModel):
     config_class = SpeechLlamaConfig
     config: SpeechLlamaConfig
@@ -122,13 +168,13 @@ class SpeechLlamaPreTrainedModel(PreTrainedModel):
 class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
     """LLaMA-Omni Stage-1 speech LLM.
 
-    Submodules: `encoder` (Whisper encoder, frozen), `adaptor` ([`SpeechAdaptor`]) and
+    Submodules: `encoder` ([`SpeechLlamaWhisperEncoder`], frozen), `adaptor` ([`SpeechAdaptor`]) and
     `language_model` (an `AutoModelForCausalLM`, e.g. `LlamaForCausalLM`).
     """
 
     def __init__(self, config: SpeechLlamaConfig):
         super().__init__(config)
-        self.encoder = WhisperEncoder(config.encoder_config)
+        self.encoder = SpeechLlamaWhisperEncoder(config.encoder_config)
         self.encoder.requires_grad_(not config.freeze_encoder)
         self.adaptor = SpeechAdaptor(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
@@ -160,46 +206,6 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(new_embeddings)
 
     # --- speech path ---
-    def encode_speech(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
-        """Whisper encoder on clips shorter than 30 s, each masked to its own length.
-
-        Args:
-            input_features: (B_a, n_mels, T_mel) log-mel features, right-padded.
-            input_features_mask: (B_a, T_mel), 1 on real frames.
-        Returns:
-            (B_a, ⌈T_mel / 2⌉, d_enc) encoder states; frames past a clip's own length are garbage.
-
-        Padded mel frames and conv outputs are zeroed so that the convolutions see exactly the zero
-        padding an unbatched clip gets, and attention ignores padded keys: a clip's states do not
-        depend on what it is batched with.
-        """
-        encoder = self.encoder
-        max_frames = encoder.config.max_source_positions
-        mel_mask = input_features_mask.to(dtype=encoder.conv1.weight.dtype)[:, None, :]
-        hidden = input_features.to(dtype=encoder.conv1.weight.dtype) * mel_mask
-        hidden = nn.functional.gelu(encoder.conv1(hidden)) * mel_mask
-        hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-        num_frames = hidden.shape[1]
-        if num_frames > max_frames:
-            raise ValueError(
-                f"speech input has {input_features.shape[-1]} mel frames ({num_frames} encoder frames); the "
-                f"encoder accepts at most {max_frames} encoder frames ({self.config.max_speech_seconds:.0f} s of audio)"
-            )
-        hidden = hidden + encoder.embed_positions.weight[:num_frames].to(hidden.dtype)
-        frame_mask = self._encoder_frame_mask(input_features_mask, num_frames)
-        attention_bias = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
-        attention_bias = attention_bias.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)
-        attention_bias = attention_bias[:, None, None, :].expand(-1, 1, num_frames, -1)
-        for layer in encoder.layers:
-            hidden = layer(hidden, attention_bias)
-        return encoder.layer_norm(hidden)
-
-    @staticmethod
-    def _encoder_frame_mask(input_features_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """(B_a, T_mel) mel mask → (B_a, T_enc) bool mask of valid encoder frames (⌈len / 2⌉ each)."""
-        lengths = (input_features_mask.sum(-1) + 1) // 2
-        return torch.arange(num_frames, device=lengths.device)[None, :] < lengths[:, None]
-
     def get_speech_features(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder + adaptor for a batch of clips, flattened to the placeholder order.
 
@@ -219,7 +225,7 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
                 input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
-            encoder_states = self.encode_speech(input_features, input_features_mask)
+            encoder_states = self.encoder(input_features, input_features_mask)
         speech_embeds = self.adaptor(encoder_states, self.get_input_embeddings().weight)
         lengths = input_features_mask.sum(-1).tolist()
         per_clip = [
@@ -346,4 +352,10 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
 
 SpeechLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["SpeechAdaptor", "SpeechLlamaPreTrainedModel", "SpeechLlamaForCausalLM", "speech_token_count"]
+__all__ = [
+    "SpeechAdaptor",
+    "SpeechLlamaForCausalLM",
+    "SpeechLlamaPreTrainedModel",
+    "SpeechLlamaWhisperEncoder",
+    "speech_token_count",
+]

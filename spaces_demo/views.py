@@ -27,13 +27,14 @@ from importance.analyse import (
     shift_metrics,
     third_shares,
 )
-from importance.artifact import ImportanceArtifact, layer_and_module, load_artifact
+from importance.artifact import ImportanceArtifact, load_artifact
 from importance.plots import (
     heatmap_figure,
     layer_change_figure,
     layer_profiles_figure,
     module_profiles_figure,
 )
+from speech_llama.parameters import layer_and_module
 
 from .figures import deactivation_figure, layer_lr_figure
 

@@ -2,14 +2,13 @@
 
 The folder is a complete Hub repo: config with `auto_map`, the remote-code files, safetensors
 weights, tokenizer with the `<speech>` token, feature-extractor/processor config and a model card.
+The named builds (`tiny-random`, `offline-mini`, …) live in :mod:`speech_llama.presets`; the
+`speech-llama build` command is `apps.build`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from transformers import (
 )
 
 from modeling_speech_llama import SpeechAdaptor, SpeechLlamaConfig, SpeechLlamaForCausalLM, SpeechLlamaProcessor
+
+from .offline.cache import build_atomically
 
 SPEECH_TOKEN = "<speech>"
 AUTO_MAP = {
@@ -71,10 +72,11 @@ def compose(encoder, language_model, tokenizer, feature_extractor, downsample: i
         adaptor_hidden_size=adaptor_hidden,
         speech_token_id=speech_token_id,
     )
-    # Build the shell on the meta device: the real encoder and LM are moved in, not copied.
+    # Build the shell on the meta device: the real encoder and LM are moved in, not copied. The
+    # encoder's tensors go into the shell's variable-length encoder (same keys as WhisperEncoder).
     with torch.device("meta"):
         model = SpeechLlamaForCausalLM(config)
-    model.encoder = encoder
+    model.encoder.load_state_dict(encoder.state_dict(), strict=True, assign=True)
     model.encoder.requires_grad_(not config.freeze_encoder)
     model.language_model = language_model
     with torch.random.fork_rng(devices=[]):
@@ -102,25 +104,18 @@ def _generation_config(language_model, tokenizer) -> GenerationConfig:
 
 
 def save_model_folder(model, processor, out_dir: Path, info: BuildInfo) -> Path:
-    """Write the complete Hub folder atomically (a temp dir renamed into place)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    """Write the complete Hub folder atomically (a temp dir renamed into place, replacing an old one)."""
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        _ensure_auto_map(staging)
+        ensure_auto_map(staging)
         (staging / "README.md").write_text(model_card(model, info))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out_dir
+
+    return build_atomically(Path(out_dir), write, replace=True)
 
 
-def _ensure_auto_map(folder: Path) -> None:
+def ensure_auto_map(folder: Path) -> None:
     """save_pretrained records only the auto class the model registered; AutoModel must map too."""
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
@@ -203,57 +198,16 @@ def tiny_random_configs(vocab_size: int) -> tuple[WhisperConfig, LlamaConfig]:
     return encoder_config, text_config
 
 
-def build_tiny_random(out_dir: Path, seed: int = 0, tokenizer_dir: Path | None = None) -> Path:
-    """Tiny random weights with SmolLM2's real tokenizer and chat template (offline, seconds)."""
-    if tokenizer_dir is None:
-        from .offline.smollm2 import smollm2_dir
-
-        tokenizer_dir = smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    encoder_config, text_config = tiny_random_configs(vocab_size=len(tokenizer))
-    language_model = AutoModelForCausalLM.from_config(text_config)
-    language_model.generation_config.eos_token_id = tokenizer.eos_token_id
-    whisper_encoder = WhisperModel(encoder_config).get_encoder()
-    model, processor = compose(
-        whisper_encoder, language_model, tokenizer, WhisperFeatureExtractor(feature_size=80), downsample=5, adaptor_hidden=64
-    )
-    info = BuildInfo(llm="tiny-random LLaMA (SmolLM2 tokenizer)", encoder="tiny-random Whisper", preset="tiny-random",
-                     licences={"SmolLM2 tokenizer": "Apache-2.0"}, notes=["Random weights: for tests and plumbing only."])
-    return save_model_folder(model, processor, out_dir, info)
-
-
-PRESETS = {"tiny-random": build_tiny_random}
-
-
-def register_preset(name: str, builder) -> None:
-    PRESETS[name] = builder
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output model folder")
-    parser.add_argument("--preset", choices=sorted(_known_presets()), help="a ready-made build (offline)")
-    parser.add_argument("--llm", help="causal LM: Hub id (e.g. meta-llama/Llama-3.2-1B-Instruct) or local dir")
-    parser.add_argument("--encoder", help="Whisper checkpoint: Hub id (e.g. openai/whisper-large-v3) or local dir")
-    parser.add_argument("--downsample", type=int, default=5, help="adaptor k: encoder frames per LLM position")
-    parser.add_argument("--adaptor-hidden", type=int, default=2048, help="adaptor hidden width")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-
-
-def _known_presets() -> list[str]:
-    from . import presets  # noqa: F401  (registers the offline presets)
-
-    return list(PRESETS)
-
-
-def run(args: argparse.Namespace) -> Path:
-    if args.preset:
-        if args.llm or args.encoder:
-            raise SystemExit("error: --preset builds its own LLM and encoder; drop --llm/--encoder")
-        out = PRESETS[args.preset](args.out)
-    else:
-        if not (args.llm and args.encoder):
-            raise SystemExit("error: pass --preset, or both --llm and --encoder")
-        out = build_from_pretrained(args.llm, args.encoder, args.out, args.downsample, args.adaptor_hidden, args.dtype)
-    print(f"built {out}")
-    return out
+__all__ = [
+    "AUTO_MAP",
+    "DTYPES",
+    "SPEECH_TOKEN",
+    "BuildInfo",
+    "add_speech_token",
+    "build_from_pretrained",
+    "compose",
+    "ensure_auto_map",
+    "model_card",
+    "save_model_folder",
+    "tiny_random_configs",
+]

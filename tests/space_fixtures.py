@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from spaces_demo.content import ContentPlan, compute_text_importance, default_records_path
-from speech_llama.build import build_tiny_random
+from speech_llama.presets import build_tiny_random
 
 IMPORTANCE_SAMPLES = 16
 PPL_SAMPLES = 8

@@ -9,7 +9,7 @@ import soundfile
 from helpers import noise_clip
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
-from speech_llama.cli import main
+from apps.cli import main
 from speech_llama.evaluation import evaluate_model, length_sorted_batches
 
 

@@ -20,8 +20,8 @@ from importance.analyse import (
 )
 from importance.artifact import build_summary, save_artifact
 from importance.cli import main as importance_main
-from speech_llama.build import build_tiny_random
 from speech_llama.generate import load_model
+from speech_llama.presets import build_tiny_random
 
 
 def test_profiles_and_shift_metrics():

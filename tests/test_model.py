@@ -247,7 +247,7 @@ def test_chat_template_accepts_multimodal_messages_and_adds_system_prompt(tiny):
 
 
 def test_cli_build_tiny_random(tmp_path):
-    from speech_llama.cli import main
+    from apps.cli import main
 
     assert main(["build", "--preset", "tiny-random", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()
@@ -257,7 +257,7 @@ def test_fresh_adaptor_is_seeded_so_builds_repeat(tmp_path):
     """The adaptor is the only random part of an offline-mini build: the same parts give the same weights."""
     from safetensors.torch import load_file
 
-    from speech_llama.build import build_tiny_random
+    from speech_llama.presets import build_tiny_random
 
     torch.manual_seed(123)  # the global RNG state must not matter
     first = load_file(build_tiny_random(tmp_path / "a", seed=1) / "model.safetensors")

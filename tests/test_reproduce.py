@@ -12,12 +12,12 @@ import math
 
 import pytest
 
-from speech_llama.reproduce import ALIGN, METHODS, PRESETS, Reproduction, hypotheses, training_prompts
+from apps.reproduce import ALIGN, EXPERIMENT_PRESETS, METHODS, Reproduction, hypotheses, training_prompts
 
 pytestmark = pytest.mark.real_weights
 
 SMALL = dataclasses.replace(
-    PRESETS["cpu-mini-fast"], name="cpu-mini-fast-test", train_records=8, importance_records=8, ppl_records=8,
+    EXPERIMENT_PRESETS["cpu-mini-fast"], name="cpu-mini-fast-test", train_records=8, importance_records=8, ppl_records=8,
     test_records=8, max_steps=2, align_steps=2, batch_size=4, max_new_tokens=8, response_tokens=12,
 )
 

@@ -1,7 +1,7 @@
 """The Gradio Space, driven in a real headless Chromium (Debian `chromium` + Playwright).
 
 A tiny content set is built in-process (tiny-random model, its text importance, a second checkpoint,
-a deactivation result); `python -m speech_llama.demo` serves it on a free localhost port, and the
+a deactivation result); `python -m apps.demo` serves it on a free localhost port, and the
 browser checks every tab. Screenshots go to the test's tmp folder; the layer-importance one is also
 copied to runs/space-screenshot.png.
 """
@@ -116,7 +116,7 @@ def space_url(content, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("space-log") / "server.log"
     command = [
-        sys.executable, "-m", "speech_llama.demo", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "apps.demo", "--host", "127.0.0.1", "--port", str(port),
         "--model", str(content.model_dir), "--artifacts", str(content.folder),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}

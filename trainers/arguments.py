@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from speech_llama.build import DTYPES
+
 from .layer_lr import SCHEMES, LayerLRError
 from .trainer import refuse_deepspeed_optimizer
 
@@ -24,7 +26,7 @@ logger = logging.getLogger(__name__)
 METHODS = ("full", "layer_lr", "lora", "adaptor")
 ALIGNMENT_LOSSES = ("lm", "ctc")
 INPUTS = ("speech", "text")
-MODEL_DTYPES = ("float32", "bfloat16", "float16")
+MODEL_DTYPES = tuple(DTYPES)
 
 
 class ArgumentsError(ValueError):

@@ -67,14 +67,9 @@ def ctc_alignment_loss(model, input_features: torch.Tensor, input_features_mask:
         ctc_targets: (B, S) token ids; ctc_target_lengths: (B,).
     """
     with torch.no_grad():
-        encoder_states = encoder_forward(model, input_features, input_features_mask)
+        encoder_states = model.encoder(input_features, input_features_mask)
     frame_counts = [speech_token_count(int(n), model.config.adaptor_downsample) for n in input_features_mask.sum(-1)]
     return ctc_loss_from_states(model, encoder_states, frame_counts, ctc_targets, ctc_target_lengths)
-
-
-def encoder_forward(model, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
-    """(B, n_mels, T_mel) → (B, ⌈T_mel / 2⌉, d_enc) states of the model's variable-length encoder."""
-    return model.encode_speech(input_features, input_features_mask)
 
 
 def ctc_loss_from_states(model, encoder_states: torch.Tensor, frame_counts: list[int], ctc_targets: torch.Tensor,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from speech_llama.build import BuildInfo, _ensure_auto_map, save_model_folder
+from speech_llama.build import BuildInfo, ensure_auto_map, save_model_folder
 
 from .lora import load_adapted, merge_lora
 
@@ -142,7 +142,7 @@ def _replace(staging: Path, target: Path) -> None:
 
 def _complete_folder(folder: Path, card: str) -> None:
     """Make a `Trainer.save_model` folder a full Hub model folder: auto_map for every auto class, card."""
-    _ensure_auto_map(folder)
+    ensure_auto_map(folder)
     _remove_trainer_files(folder)
     missing = [name for name in ("config.json", "modeling_speech_llama.py", "configuration_speech_llama.py",
                                  "processor_config.json") if not (folder / name).is_file()]

@@ -8,7 +8,7 @@ score per decoder layer. Each layer l learns at ``c_l · learning_rate``:
 - ``power``: ``c_l = (I_l / min_j I_j)^(−α)`` — the least important layer keeps the full rate.
 - ``softmax``: ``c = L · softmax(−α · z(I))`` with z the z-score over layers — c averages to 1.
 
-Eq. 3 is lost in the seed text; ``minmax`` is the reading DESIGN.md documents as an assumption.
+Eq. 3 is lost in the seed text; ``minmax`` is the reading the README documents as an assumption.
 
 This module also turns coefficients into optimizer parameter groups: one group per (decoder layer ×
 decay / no-decay), the adaptor in its own groups (optionally at ``adaptor_lr``), everything else
@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 
+from speech_llama.parameters import layer_and_module
+
 SCHEMES = ("minmax", "power", "softmax")
 LAYER_LR_FILE = "layer_lr.json"
 
-# Decoder layer l of the LLM, also when the name is prefixed by a peft or DDP/FSDP wrapper
-# ("base_model.model.", "module.", "_fsdp_wrapped_module.").
-_LAYER_PATTERN = re.compile(r"language_model\.model\.layers\.(\d+)\.")
 _ADAPTOR_PATTERN = re.compile(r"(?:^|\.)adaptor\.")
 # Wrapper segments FSDP1 and activation checkpointing insert into parameter names.
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -164,8 +163,8 @@ def canonical_name(name: str) -> str:
 
 def decoder_layer_index(name: str) -> int | None:
     """l for a parameter of decoder layer l of the LLM (``language_model.model.layers.{l}.…``), else None."""
-    match = _LAYER_PATTERN.search(canonical_name(name))
-    return int(match.group(1)) if match else None
+    located = layer_and_module(canonical_name(name))
+    return located[0] if located else None
 
 
 def is_adaptor_parameter(name: str) -> bool:

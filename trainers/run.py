@@ -25,6 +25,7 @@ import transformers
 from transformers import PretrainedConfig, TrainerCallback, set_seed
 
 from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM, SpeechLlamaProcessor
+from speech_llama.build import DTYPES
 from speech_llama.memory import reuse_freed_memory
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.ctc_alignment import TranscriptCTCCollator
@@ -36,7 +37,6 @@ from trainers.trainer import SpeechLlamaTrainer
 
 logger = logging.getLogger("trainers")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RESUME_LATEST = ("true", "True", "latest", "last")
 
 

@@ -22,10 +22,4 @@ class FrozenSpeechEncoder:
         features = self.processor.extract_speech_features([samples], where=where)
         input_features = torch.as_tensor(features["input_features"])
         mask = torch.as_tensor(features["input_features_mask"])
-        states = encoder_states(self.model, input_features, mask)
-        return states[0].to(torch.float16).numpy()
-
-
-def encoder_states(model, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
-    """(B, n_mels, T_mel) → (B, ⌈T_mel / 2⌉, d_enc) through the model's variable-length encoder."""
-    return model.encode_speech(input_features, input_features_mask)
+        return self.model.encoder(input_features, mask)[0].to(torch.float16).numpy()

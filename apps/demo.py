@@ -61,18 +61,13 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m speech_llama.demo …`` (the same as ``speech-llama demo …``)."""
+    """``python -m apps.demo …`` (the same as ``speech-llama demo …``)."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="speech-llama demo", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, ImportError, OSError) as error:
-        print(f"speech-llama demo: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    from speech_llama.commands import main as dispatch
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return dispatch("speech-llama", {"demo": (__name__, __doc__.splitlines()[0])}, ["demo", *argv])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""`speech-llama`: a thin dispatcher over the project's parts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from importance.cli import ENGINE_COMMANDS
+from speech_llama import commands
+
+# command → (module, help). Each module offers add_arguments(parser) and run(args).
+COMMANDS = {
+    "build": ("apps.build", "assemble a SpeechLlama model folder (presets or Hub ids / local dirs)"),
+    "synthesize": ("speech_llama.synthesize", "speak QA / instruction records with Piper TTS (16 kHz wavs + data.jsonl)"),
+    "generate": ("speech_llama.generate", "answer a typed question or a wav file with a model folder"),
+    **ENGINE_COMMANDS,  # importance, deactivate, compare
+    "train": ("apps.train", "Stage-1 training in this process (the arguments of `accelerate launch trainers/run.py`)"),
+    "demo": ("apps.demo", "serve the Gradio Space (importance explorer + try-it) on localhost"),
+    "reproduce": ("apps.reproduce", "the seed paper's experiments in miniature, end to end (results.json + report.md)"),
+    "eval": ("speech_llama.evaluation", "spoken-QA accuracy: T2T, S2T or the Whisper-ASR cascade (batched, greedy)"),
+}
+PROG = "speech-llama"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only `command`'s module is imported (each pulls in torch/transformers)."""
+    return commands.build_parser(PROG, COMMANDS, command, __doc__)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return commands.parse(PROG, COMMANDS, argv, __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return commands.main(PROG, COMMANDS, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

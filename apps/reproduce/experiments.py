@@ -1,0 +1,59 @@
+"""The reproduction's experiment presets: sizes and settings of one run, chosen before looking at
+results. (Not to be confused with the model-build presets of `speech_llama.presets`.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("full", "layer_lr", "lora")
+ALIGN = "adaptor"  # the shared alignment stage (trainers' method `adaptor` with CTC: LLM frozen)
+
+
+@dataclass
+class ExperimentPreset:
+    """Sizes and settings of one reproduction (chosen before looking at results)."""
+
+    name: str
+    llm: str | None  # None: the offline-mini build
+    encoder: str | None
+    train_records: int
+    importance_records: int  # D: QA records for importance (first N of general_knowledge_qa)
+    ppl_records: int  # held-out QA records for the perplexity of Table 1
+    test_records: int  # QA test set for Table 2 (demo_qa first, then the tail of general_knowledge_qa)
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    lora_learning_rate: float
+    adaptor_learning_rate: float
+    align_steps: int = 0  # CTC alignment steps of the adaptor (LLM frozen), run once; every method starts from them
+    align_records: int = 0  # spoken training prompts the alignment reads (the methods' prompts are a prefix)
+    align_batch_size: int = 16
+    transcript_ratio: float = 0.5  # share of speech rows trained on the transcript task
+    train_bf16: bool = False  # bf16 autocast in training and alignment (CPU with AVX512-BF16: ~1.6x faster steps here)
+    max_new_tokens: int = 48
+    response_tokens: int = 48
+    eval_batch_size: int = 8
+    importance_batch_size: int = 8
+    dtype: str = "float32"
+    use_cpu: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+EXPERIMENT_PRESETS = {
+    "cpu-mini": ExperimentPreset(
+        name="cpu-mini", llm=None, encoder=None, train_records=480, importance_records=200, ppl_records=100,
+        test_records=100, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
+        adaptor_learning_rate=1e-3, align_steps=300, align_records=1200, train_bf16=True, max_new_tokens=32,
+    ),
+    "cpu-mini-fast": ExperimentPreset(
+        name="cpu-mini-fast", llm=None, encoder=None, train_records=40, importance_records=24, ppl_records=16,
+        test_records=16, max_steps=10, batch_size=4, learning_rate=1e-4, lora_learning_rate=5e-4,
+        adaptor_learning_rate=1e-3, max_new_tokens=24, response_tokens=32, align_steps=20, align_records=80, train_bf16=True,
+    ),
+    "gpu-1b": ExperimentPreset(
+        name="gpu-1b", llm="meta-llama/Llama-3.2-1B-Instruct", encoder="openai/whisper-large-v3", train_records=2195,
+        importance_records=250, ppl_records=138, test_records=178, max_steps=600, batch_size=32,
+        learning_rate=2e-5, lora_learning_rate=2e-4, adaptor_learning_rate=1e-3, dtype="bfloat16", use_cpu=False,
+        notes=["Needs Hub access and a GPU; LLaMA-Omni Stage-1 settings (lr 2e-5, cosine, 3 % warmup)."],
+    ),
+}
