@@ -1,4 +1,4 @@
-"""`speech-llama build`: a named preset (`speech_llama.presets`) or any LLM + Whisper encoder."""
+"""`speech-llama build`: a named preset (`speech_llama.presets`, `offline-mini-aligned`) or any LLM + Whisper encoder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 
 from speech_llama.build import DTYPES, build_from_pretrained
-from speech_llama.presets import PRESETS
+from speech_llama.presets import PRESETS as WEIGHT_PRESETS
+from trainers.speech_alignment import offline_mini_aligned
+
+# Presets assembled from shipped weights (speech_llama.presets), plus the one that also trains:
+# offline-mini with its adaptor aligned on the cached speech corpus (trainers.speech_alignment).
+PRESETS = {**WEIGHT_PRESETS, "offline-mini-aligned": offline_mini_aligned}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -239,3 +239,14 @@ def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
     )
     model.requires_grad_(False)
     return save_model_folder(model, processor, out_dir, info)
+
+
+def offline_mini_aligned(out_dir: Path) -> Path:
+    """The `offline-mini-aligned` preset: the cached aligned folder (built on first use) copied to `out_dir`."""
+    import shutil
+
+    from speech_llama.offline.cache import build_atomically
+
+    source = build_aligned_offline_mini()
+    return build_atomically(Path(out_dir), lambda staging: shutil.copytree(source, staging, dirs_exist_ok=True),
+                            replace=True)

@@ -48,8 +48,8 @@ def held_out_records() -> list[dict]:
     return records
 
 
-def build_corpus(out_dir: Path, model_dir: Path, *, clips: int = DEFAULT_CLIPS, llm_questions: int = 2500,
-                 llm_sentences: int = 3500, workers: int = 2, seed: int = 0, progress: bool = True) -> dict:
+def build_corpus(out_dir: Path, model_dir: Path, *, clips: int = DEFAULT_CLIPS, llm_questions: int = 3000,
+                 llm_sentences: int = 6000, workers: int = 2, seed: int = 0, progress: bool = True) -> dict:
     """Build (or finish) the corpus in `out_dir`; returns the manifest written to corpus.json."""
     voices = training_voices(HELD_OUT_SPEAKER)
     for voice in [*voices, voice_named(HELD_OUT_VOICE)]:
@@ -111,8 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help=f"corpus folder (default $SPEECH_LLAMA_CACHE/{CORPUS_NAME})")
     parser.add_argument("--model", type=Path, help="model folder whose frozen encoder is cached (default: offline-mini)")
     parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"training clips (default {DEFAULT_CLIPS})")
-    parser.add_argument("--llm-questions", type=int, default=2500, help="questions the base LLM writes over topics")
-    parser.add_argument("--llm-sentences", type=int, default=3500, help="sentences the LLM writes, one per frequent word")
+    parser.add_argument("--llm-questions", type=int, default=3000, help="questions the base LLM writes over topics")
+    parser.add_argument("--llm-sentences", type=int, default=6000, help="sentences the LLM writes, one per frequent word")
     parser.add_argument("--workers", type=int, default=2, help="synthesis + encoder processes (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")

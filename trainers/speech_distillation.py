@@ -1,0 +1,139 @@
+"""Distil the frozen LLM reading the transcript into the speech path (DiVA-style), on cached states.
+
+For a clip with transcript t, the teacher is the LLM given the text prompt (question t), the
+student the same LLM given the speech prompt (adaptor frames in place of `<speech>`); both read
+the teacher's own greedy response r. The loss is KL(teacher ‖ student) over r's tokens (plus the
+CTC term of the alignment, weight `ctc_weight`, so the frames keep spelling words). Only the
+adaptor learns: the LLM is frozen, so text ability is unchanged by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from speech_llama.files import atomic_write, read_jsonl, write_jsonl
+from speech_llama.generate import qa_training_text
+from trainers.ctc_alignment import ctc_loss_from_states
+from trainers.speech_alignment import CachedClip, batch_tensors
+
+STATE_NAME = "distillation-state.pt"
+RESPONSES_NAME = "teacher-responses.jsonl"
+
+
+@dataclass
+class DistillationSettings:
+    steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    ctc_weight: float = 0.5
+    max_response_tokens: int = 32
+    checkpoint_every: int = 25
+    seed: int = 0
+    bf16: bool = True
+
+
+def teacher_responses(model, processor, clips: list[CachedClip], out_dir: Path, max_new_tokens: int,
+                      progress: bool = True) -> list[str]:
+    """The LLM's greedy answer to each transcript as text (cached in `out_dir`)."""
+    from speech_llama.batching import continuous_greedy_answers
+
+    path = out_dir / RESPONSES_NAME
+    texts = [clip.text for clip in clips]
+    if path.is_file():
+        rows = read_jsonl(path)
+        if [row["question"] for row in rows] == texts:
+            return [row["response"] for row in rows]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    answers = continuous_greedy_answers(model, processor, [texts[i] for i in order], None, batch_size=16,
+                                        max_new_tokens=max_new_tokens, progress=progress, description="teacher")
+    responses = [""] * len(texts)
+    for index, answer in zip(order, answers):
+        responses[index] = answer
+    write_jsonl(path, [{"question": q, "response": r} for q, r in zip(texts, responses)])
+    return responses
+
+
+def _pair(processor, clip: CachedClip, response: str, downsample: int) -> tuple[list[int], list[int], int]:
+    """Token ids of the text prompt + response, the speech prompt + response, and the response length."""
+    text_prompt, completion = qa_training_text(processor, response, question=clip.text)
+    speech_prompt, _ = qa_training_text(processor, response, speech=True)
+    frames = clip.states.shape[0] // downsample
+    speech_prompt = speech_prompt.replace(processor.speech_token, processor.speech_token * frames)
+    tokenize = lambda text: processor.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    completion_ids = tokenize(completion)
+    return tokenize(text_prompt) + completion_ids, tokenize(speech_prompt) + completion_ids, len(completion_ids)
+
+
+def _response_logits(model, rows: list[list[int]], response_lengths: list[int], speech_embeds=None) -> torch.Tensor:
+    """Logits predicting each response token, rows right-padded, concatenated: (Σ len_i, V)."""
+    longest = max(len(row) for row in rows)
+    pad = model.config.text_config.pad_token_id or 0
+    ids = torch.tensor([row + [pad] * (longest - len(row)) for row in rows])
+    mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows])
+    embeds = model.get_input_embeddings()(ids)
+    if speech_embeds is not None:
+        placeholder = (ids == model.config.speech_token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(placeholder, speech_embeds.to(embeds.dtype))
+    logits = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits
+    picked = [logits[row, len(rows[row]) - n - 1 : len(rows[row]) - 1] for row, n in enumerate(response_lengths)]
+    return torch.cat(picked).float()
+
+
+def distill(model, processor, clips: list[CachedClip], responses: list[str], out_dir: Path,
+            settings: DistillationSettings, progress: bool = True) -> dict:
+    """Train the adaptor with KL to the text-input teacher (+ CTC); resumable from `out_dir`."""
+    import random
+
+    from tqdm.auto import tqdm
+
+    model.requires_grad_(False)
+    model.adaptor.requires_grad_(True)
+    parameters = [p for p in model.adaptor.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
+    step = 0
+    state_path = out_dir / STATE_NAME
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.adaptor.load_state_dict(state["adaptor"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    usable = [i for i, response in enumerate(responses) if response.strip()]
+    rng = random.Random(settings.seed)
+    order = [rng.sample(usable, settings.batch_size) for _ in range(settings.steps)]
+    downsample = model.config.adaptor_downsample
+    embeddings = model.get_input_embeddings().weight
+    started, log = time.time(), []
+    for step in tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc="distill", disable=not progress):
+        batch = [clips[i] for i in order[step]]
+        pairs = [_pair(processor, clip, responses[i], downsample) for clip, i in zip(batch, order[step])]
+        lengths = [min(n, settings.max_response_tokens) for _, _, n in pairs]
+        text_rows = [text[: len(text) - n + cut] for (text, _, n), cut in zip(pairs, lengths)]
+        speech_rows = [speech[: len(speech) - n + cut] for (_, speech, n), cut in zip(pairs, lengths)]
+        states, counts, targets, target_lengths = batch_tensors(batch, downsample)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+            with torch.no_grad():
+                teacher = _response_logits(model, text_rows, lengths)
+            frames = model.adaptor(states, embeddings)
+            speech_embeds = torch.cat([frames[row, :count] for row, count in enumerate(counts)])
+            student = _response_logits(model, speech_rows, lengths, speech_embeds)
+            kl = F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+            loss = kl + settings.ctc_weight * ctc_loss_from_states(model, states, counts, targets, target_lengths)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        log.append({"step": step + 1, "loss": round(loss.item(), 4), "kl": round(kl.item(), 4),
+                    "seconds": round(time.time() - started, 1)})
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            payload = {"adaptor": model.adaptor.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1}
+            atomic_write(state_path, lambda temp: torch.save(payload, temp))
+            with (out_dir / "distillation-log.jsonl").open("a") as handle:
+                handle.write("".join(json.dumps(entry) + "\n" for entry in log))
+            log = []
+    return {"steps": settings.steps, "settings": asdict(settings)}
