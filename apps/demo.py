@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from spaces_demo.content import DEFAULT_SAMPLES
+from spaces_demo.folder import DEFAULT_ARTIFACTS
 
-DEFAULT_ARTIFACTS = Path("runs/space")
 DEFAULT_PORT = 7860
 
 

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_ARTIFACTS = Path("runs/space")  # the folder `speech-llama demo` serves unless told otherwise
 IMPORTANCE_DIR = "importance"
 DEACTIVATION_DIR = "deactivation"
 CHECKPOINTS_DIR = "checkpoints"

@@ -18,7 +18,7 @@ from .audio import SAMPLE_RATE, read_audio
 
 SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
 # The transcript task (training only): the model repeats the spoken words, which teaches the
-# adaptor words before answers (DESIGN.md, "how hard is Stage 1 on this CPU").
+# adaptor words before answers (README, "The paper in miniature": why the transcript task).
 TRANSCRIPT_INSTRUCTION = "\nRepeat exactly what was said."
 
 

@@ -95,7 +95,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Training and evaluation records (DESIGN.md record contract) and how prompts are built."""
+    """Training and evaluation records (the README's record contract) and how prompts are built."""
 
     train_data: str | None = field(
         default=None, metadata={"help": "records: a .jsonl (audio paths relative to it), a save_to_disk folder or a Hub id"}

@@ -3,6 +3,7 @@
 
     accelerate launch [--num_processes N] trainers/run.py CONFIG.yaml [--key value …]
     python trainers/run.py CONFIG.yaml [--key value …]
+    speech-llama train CONFIG.yaml [--key value …]      (the same, in the CLI's process)
 
 CONFIG.yaml holds our keys (`trainers.arguments.ModelArguments` / `DataArguments`) and any
 `TrainingArguments` field; `--key value` overrides win. Outputs in `output_dir`: checkpoints,
