@@ -67,12 +67,7 @@ class SpeechLlamaConfig(PretrainedConfig):
         self.adaptor_hidden_size = adaptor_hidden_size
         self.speech_token_id = speech_token_id
         self.freeze_encoder = freeze_encoder
-        if adaptor_output not in ADAPTOR_OUTPUTS:
-            raise ValueError(f"adaptor_output must be one of {ADAPTOR_OUTPUTS}, got {adaptor_output!r}")
-        if adaptor_output == "embedding_mixture" and speech_token_id is None:
-            raise ValueError("adaptor_output='embedding_mixture' needs speech_token_id (the CTC blank)")
-        if adaptor_mixture_temperature <= 0:
-            raise ValueError(f"adaptor_mixture_temperature must be > 0, got {adaptor_mixture_temperature}")
+        check_adaptor_output(adaptor_output, speech_token_id, adaptor_mixture_temperature)
         self.adaptor_output = adaptor_output
         self.adaptor_logit_scale = adaptor_logit_scale
         self.adaptor_mixture_temperature = adaptor_mixture_temperature
@@ -83,6 +78,17 @@ class SpeechLlamaConfig(PretrainedConfig):
     def max_speech_seconds(self) -> float:
         """Longest clip the encoder accepts: `max_source_positions` frames of 20 ms."""
         return self.encoder_config.max_source_positions * 0.02
+
+
+def check_adaptor_output(adaptor_output: str, speech_token_id: int | None, adaptor_mixture_temperature: float) -> None:
+    """Raise ValueError for an invalid adaptor output mode (also checked when the model is built: values
+    passed to `from_pretrained(..., adaptor_output=...)` are set on the config after `__init__`)."""
+    if adaptor_output not in ADAPTOR_OUTPUTS:
+        raise ValueError(f"adaptor_output must be one of {ADAPTOR_OUTPUTS}, got {adaptor_output!r}")
+    if adaptor_output == "embedding_mixture" and speech_token_id is None:
+        raise ValueError("adaptor_output='embedding_mixture' needs speech_token_id (the CTC blank)")
+    if adaptor_mixture_temperature <= 0:
+        raise ValueError(f"adaptor_mixture_temperature must be > 0, got {adaptor_mixture_temperature}")
 
 
 def _as_config(value, default_model_type: str) -> PretrainedConfig:

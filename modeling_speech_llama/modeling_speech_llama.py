@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .configuration_speech_llama import SpeechLlamaConfig
+from .configuration_speech_llama import SpeechLlamaConfig, check_adaptor_output
 
 
 def speech_token_count(num_mel_frames: int, downsample: int) -> int:
@@ -43,6 +43,7 @@ class SpeechAdaptor(nn.Module):
 
     def __init__(self, config: SpeechLlamaConfig):
         super().__init__()
+        check_adaptor_output(config.adaptor_output, config.speech_token_id, config.adaptor_mixture_temperature)
         self.downsample = config.adaptor_downsample
         self.output_mode = config.adaptor_output
         self.logit_scale = config.adaptor_logit_scale

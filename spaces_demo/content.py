@@ -1,9 +1,12 @@
 """The Space's default content, built once on first start and cached in the artifact folder.
 
 Steps (each skipped when its output already exists, so later starts only read files):
-1. the model: the ``--model`` folder when given, else ``<folder>/offline-mini`` built from the
-   offline wheels (`speech_llama.presets.build_offline_mini`); where those wheels are missing
-   (e.g. on the Hub) the same pair is built from the Hub ids instead;
+1. the model: the ``--model`` folder when given; else ``<folder>/offline-mini-aligned`` (copied in
+   seconds) when `speech-llama build --preset offline-mini-aligned` has cached the aligned model,
+   whose adaptor understands speech; else ``<folder>/offline-mini`` built from the offline wheels
+   (`speech_llama.presets.build_offline_mini`; untrained adaptor: typed questions only are
+   answered well); where those wheels are missing (e.g. on the Hub) the same pair is built from the
+   Hub ids instead;
 2. its text-input importance: ``<folder>/importance/<model>-text.safetensors`` (+ ``.json``),
    estimated with the importance engine on the first records of
    ``data/general_knowledge_qa.jsonl``.
@@ -26,6 +29,7 @@ from .folder import IMPORTANCE_DIR
 logger = logging.getLogger("spaces_demo")
 
 DEFAULT_MODEL_NAME = "offline-mini"
+ALIGNED_MODEL_NAME = "offline-mini-aligned"
 RECORDS_NAME = "general_knowledge_qa.jsonl"
 DEFAULT_SAMPLES = 64
 DEFAULT_BATCH_SIZE = 8
@@ -50,7 +54,12 @@ class ContentPlan:
 
     @property
     def model_path(self) -> Path:
-        return Path(self.model_dir) if self.model_dir is not None else Path(self.folder) / DEFAULT_MODEL_NAME
+        if self.model_dir is not None:
+            return Path(self.model_dir)
+        aligned = Path(self.folder) / ALIGNED_MODEL_NAME
+        if _is_model_folder(aligned) or _aligned_model_cached():
+            return aligned
+        return Path(self.folder) / DEFAULT_MODEL_NAME
 
     @property
     def importance_path(self) -> Path:
@@ -63,6 +72,12 @@ class ContentPlan:
 
 def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def _aligned_model_cached() -> bool:
+    from trainers.speech_alignment import aligned_cache_dir
+
+    return _is_model_folder(aligned_cache_dir() / "model")
 
 
 def _is_artifact(path: Path) -> bool:
@@ -97,6 +112,11 @@ def ensure_model(plan: ContentPlan, report: ProgressCallback) -> Path:
         return path
     if plan.model_dir is not None:
         raise ContentError(f"--model {path}: not a model folder (no config.json + model.safetensors); build one with `speech-llama build`")
+    if path.name == ALIGNED_MODEL_NAME:
+        from trainers.speech_alignment import offline_mini_aligned
+
+        report(f"copying the cached offline-mini-aligned model into {path}", None)
+        return offline_mini_aligned(path)
     report(f"building the offline-mini model (SmolLM2-135M + Whisper tiny.en) into {path}", None)
     from speech_llama import presets
 

@@ -215,6 +215,9 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
     dev = load_split(corpus_dir / "dev", processor.tokenizer)
     summary = train_alignment(model, processor.tokenizer, train, dev, work_dir, settings, progress=progress)
     summary["dev_ctc_wer"] = round(ctc_word_error_rate(model, processor.tokenizer, dev)[0], 4)
+    # Reported, never used to choose settings: the held-out speaker's clips.
+    heldout = load_split(corpus_dir / "heldout", processor.tokenizer)
+    summary["heldout_ctc_wer"] = round(ctc_word_error_rate(model, processor.tokenizer, heldout)[0], 4)
     summary["corpus"] = json.loads((corpus_dir / "corpus.json").read_text())["splits"]
     atomic_write_json(work_dir / "alignment.json", summary)
     return export_aligned(model, processor, final, summary)

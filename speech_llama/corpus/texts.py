@@ -85,30 +85,57 @@ def llm_prompts(num_questions: int, num_sentences: int, seed: int) -> list[str]:
 
 
 def generate_replies(prompts: list[str], cache_dir: Path, *, batch_size: int = 64, seed: int = 0,
-                     progress: bool = True) -> list[str]:
+                     progress: bool = True, workers: int = 2) -> list[str]:
     """The base LLM's sampled reply to each prompt, one cached chunk per batch (resumable).
 
     A chunk file is written atomically once its batch is done; a restarted build regenerates
     only the missing chunks (each seeded by its index, so a chunk is the same either way).
+    `workers` processes with one torch thread each: on a small shared CPU, one multi-threaded
+    generate slows down many times over whenever anything else runs (threads wait on each other).
     """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import multiprocessing
 
-    from speech_llama.offline.smollm2 import smollm2_dir
+    from tqdm.auto import tqdm
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     chunks = [prompts[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
     paths = [cache_dir / f"chunk-{index:05d}.json" for index in range(len(chunks))]
-    missing = [index for index, path in enumerate(paths) if not _chunk_matches(path, chunks[index])]
-    if missing:
-        llm_dir = smollm2_dir()
-        tokenizer = AutoTokenizer.from_pretrained(llm_dir, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.bfloat16).eval()
-        for index in tqdm(missing, desc="LLM-written text", unit="batch", disable=not progress):
-            replies = _sample_replies(model, tokenizer, chunks[index], seed=seed * 100_003 + index)
-            atomic_write_json(paths[index], {"prompts": chunks[index], "replies": replies})
+    jobs = [(str(paths[index]), chunks[index], seed * 100_003 + index)
+            for index, path in enumerate(paths) if not _chunk_matches(path, chunks[index])]
+    if jobs:
+        with tqdm(total=len(chunks), initial=len(chunks) - len(jobs), desc="LLM-written text", unit="batch",
+                  disable=not progress) as bar:
+            if workers <= 1:
+                _load_writer()
+                for job in jobs:
+                    bar.update(_write_chunk(job))
+            else:
+                with multiprocessing.get_context("spawn").Pool(workers, initializer=_load_writer) as pool:
+                    for done in pool.imap_unordered(_write_chunk, jobs):
+                        bar.update(done)
     return [reply for path in paths for reply in json.loads(path.read_text())["replies"]]
+
+
+_WRITER: dict = {}
+
+
+def _load_writer() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from speech_llama.offline.smollm2 import smollm2_dir
+
+    torch.set_num_threads(1)
+    llm_dir = smollm2_dir()
+    _WRITER["tokenizer"] = AutoTokenizer.from_pretrained(llm_dir, padding_side="left")
+    _WRITER["model"] = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.bfloat16).eval()
+
+
+def _write_chunk(job: tuple[str, list[str], int]) -> int:
+    path, prompts, seed = job
+    replies = _sample_replies(_WRITER["model"], _WRITER["tokenizer"], prompts, seed=seed)
+    atomic_write_json(path, {"prompts": prompts, "replies": replies})
+    return 1
 
 
 def _chunk_matches(path: Path, prompts: list[str]) -> bool:
