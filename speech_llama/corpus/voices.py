@@ -164,7 +164,7 @@ def _read_16k(path: Path, voice: Voice) -> np.ndarray:
 def _piper(voice: Voice, text: str) -> np.ndarray:
     from piper import SynthesisConfig
 
-    from speech_llama.synthesize import tts_voice
+    from speech_llama.piper_tts import tts_voice
 
     piper_voice = tts_voice(voice.engine_voice)
     config = SynthesisConfig(**voice.options) if voice.options else None
