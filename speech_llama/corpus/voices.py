@@ -96,7 +96,7 @@ def check_engine(voice: Voice) -> None:
 
 def check_sox() -> None:
     if shutil.which("sox") is None:
-        raise FileNotFoundError(f"audio perturbation needs 'sox', which is not installed. Fix: apt-get install -y sox")
+        raise FileNotFoundError("audio perturbation needs 'sox', which is not installed. Fix: apt-get install -y sox")
 
 
 @functools.lru_cache(maxsize=None)
