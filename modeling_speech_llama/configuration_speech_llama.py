@@ -34,6 +34,9 @@ class SpeechLlamaConfig(PretrainedConfig):
             s in logits_v = s · cos(h, E_v), the adaptor's head over the LLM vocabulary.
         adaptor_mixture_temperature (`float`, *optional*, defaults to 1.0):
             Softmax temperature of the embedding mixture (lower: closer to one token per frame).
+        adaptor_collapse_repeats (`bool`, *optional*, defaults to `False`):
+            Embedding mixture only: frames whose best token is the blank or repeats the previous frame's
+            read `blank_embedding`, so each CTC segment reaches the LLM once (best-path collapse, N kept).
 
     Example:
 
@@ -57,6 +60,7 @@ class SpeechLlamaConfig(PretrainedConfig):
         adaptor_output: str = "linear",
         adaptor_logit_scale: float = 30.0,
         adaptor_mixture_temperature: float = 1.0,
+        adaptor_collapse_repeats: bool = False,
         **kwargs,
     ):
         self.encoder_config = _as_config(encoder_config, default_model_type="whisper")
@@ -71,6 +75,7 @@ class SpeechLlamaConfig(PretrainedConfig):
         self.adaptor_output = adaptor_output
         self.adaptor_logit_scale = adaptor_logit_scale
         self.adaptor_mixture_temperature = adaptor_mixture_temperature
+        self.adaptor_collapse_repeats = adaptor_collapse_repeats
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 

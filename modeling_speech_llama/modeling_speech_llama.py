@@ -49,6 +49,7 @@ class SpeechAdaptor(nn.Module):
         self.logit_scale = config.adaptor_logit_scale
         self.temperature = config.adaptor_mixture_temperature
         self.blank_id = config.speech_token_id
+        self.collapse_repeats = config.adaptor_collapse_repeats
         encoder_width = config.encoder_config.d_model
         self.linear_1 = nn.Linear(encoder_width * self.downsample, config.adaptor_hidden_size)
         self.act = nn.ReLU()
@@ -69,11 +70,23 @@ class SpeechAdaptor(nn.Module):
         return self.logit_scale * cosine
 
     def mixture(self, logits: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
-        """(…, V) logits → (…, d_llm) posterior-weighted token embeddings (blank mass → `blank_embedding`)."""
+        """(B, T, V) logits → (B, T, d_llm) posterior-weighted token embeddings (blank mass → `blank_embedding`).
+
+        With `adaptor_collapse_repeats`, a frame whose best token is the blank or repeats the previous
+        frame's best token reads `blank_embedding` alone: the LLM then sees each CTC segment once, as
+        best-path CTC decoding would collapse it, while the frame count N stays the processor's.
+        """
         probs = (logits / self.temperature).softmax(-1)
         blank = probs[..., self.blank_id : self.blank_id + 1]
         embeddings = token_embeddings.float().index_fill(0, torch.tensor([self.blank_id], device=probs.device), 0.0)
-        return probs @ embeddings + blank * self.blank_embedding.float()
+        mixed = probs @ embeddings + blank * self.blank_embedding.float()
+        if not self.collapse_repeats:
+            return mixed
+        best = logits.argmax(-1)  # (B, T)
+        repeated = torch.zeros_like(best, dtype=torch.bool)
+        repeated[:, 1:] = best[:, 1:] == best[:, :-1]
+        silent = (repeated | (best == self.blank_id)).unsqueeze(-1)
+        return torch.where(silent, self.blank_embedding.float().expand_as(mixed), mixed)
 
     def forward(self, encoder_states: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T_enc, d_enc) → (B, ⌊T_enc / k⌋, d_llm) frames the LLM reads.

@@ -176,3 +176,28 @@ def test_mixture_folder_saves_and_loads_with_auto_class(tiny, tiny_model_dir, tm
         expected = model(**inputs).logits
         got = loaded(**inputs).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_collapse_repeats_reads_each_ctc_segment_once():
+    from modeling_speech_llama.modeling_speech_llama import SpeechAdaptor
+    from transformers import LlamaConfig, WhisperConfig
+
+    from modeling_speech_llama import SpeechLlamaConfig
+
+    config = SpeechLlamaConfig(encoder_config=WhisperConfig(d_model=8).to_dict(),
+                               text_config=LlamaConfig(hidden_size=4, vocab_size=6, num_attention_heads=1, num_key_value_heads=1).to_dict(),
+                               adaptor_downsample=1, speech_token_id=5, adaptor_output="embedding_mixture",
+                               adaptor_collapse_repeats=True)
+    adaptor = SpeechAdaptor(config)
+    adaptor.blank_embedding.data = torch.full((4,), 7.0)
+    embeddings = torch.eye(6, 4)
+    best = [1, 1, 5, 2, 2, 1]
+    logits = torch.full((1, len(best), 6), -50.0)
+    logits[0, torch.arange(len(best)), torch.tensor(best)] = 50.0
+    out = adaptor.mixture(logits, embeddings)[0]
+    silent = [False, True, True, False, True, False]
+    for frame, is_silent in enumerate(silent):
+        expected = torch.full((4,), 7.0) if is_silent else embeddings[best[frame]]
+        assert torch.allclose(out[frame], expected, atol=1e-4), frame
+    adaptor.collapse_repeats = False
+    assert torch.allclose(adaptor.mixture(logits, embeddings)[0, 1], embeddings[1], atol=1e-4)
