@@ -25,9 +25,10 @@ import torch
 import transformers
 from transformers import PretrainedConfig, TrainerCallback, set_seed
 
-from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM, SpeechLlamaProcessor
+from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM
 from speech_llama.build import DTYPES
 from speech_llama.memory import reuse_freed_memory
+from speech_llama.remote_code import load_processor
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.ctc_alignment import TranscriptCTCCollator
 from trainers.data import MixEpochCallback, build_collators, load_datasets
@@ -60,7 +61,8 @@ def layer_lr_for(model_args: ModelArguments, config: SpeechLlamaConfig, learning
 
 def load_for_training(model_args: ModelArguments):
     """(model, processor) with Stage-1 freezing: encoder frozen, adaptor + LLM trainable (method adaptor:
-    the LLM frozen too); LoRA applied."""
+    the LLM frozen too); LoRA applied. The folder's own code runs only with `trust_remote_code`."""
+    processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
     model = SpeechLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=DTYPES[model_args.model_dtype])
     if not model.config.freeze_encoder:
         logger.warning("config.freeze_encoder was False; Stage 1 keeps the Whisper encoder frozen")
@@ -71,7 +73,6 @@ def load_for_training(model_args: ModelArguments):
         model.language_model.requires_grad_(False)
     if model_args.method == "lora":
         model = apply_lora(model, lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout))
-    processor = SpeechLlamaProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     return model, processor
 
 

@@ -1,0 +1,112 @@
+"""Hostile but fair input and interrupted work (issue 17): no folder code runs without consent,
+interrupted runs resume from complete state, bad rows are named before any work, integer PCM is
+scaled, non-finite coefficients or weights stop a run, and every CLI error is one line (status 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from helpers import noise_clip
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from apps import cli  # noqa: E402
+
+MARKER_MODULE = '''
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+from transformers import TokenizersBackend, WhisperFeatureExtractor
+
+
+class MarkerTokenizer(TokenizersBackend):
+    pass
+
+
+class MarkerFeatureExtractor(WhisperFeatureExtractor):
+    pass
+'''
+
+
+def hostile_folder(tiny_model_dir: Path, tmp_path: Path, code_only: bool = False) -> tuple[Path, Path]:
+    """A copy of the tiny model whose tokenizer and feature-extractor configs point (auto_map) at a
+    module in the folder that writes a marker file when imported. `code_only`: the tokenizer class
+    exists only there (no transformers class of that name)."""
+    folder = tmp_path / "hostile-model"
+    shutil.copytree(tiny_model_dir, folder)
+    marker = tmp_path / "IMPORTED"
+    (folder / "marker_code.py").write_text(MARKER_MODULE.format(marker=str(marker)))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"]["AutoTokenizer"] = ["marker_code.MarkerTokenizer", None]
+    if code_only:
+        tokenizer_config["tokenizer_class"] = "MarkerTokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    processor_config["feature_extractor"]["auto_map"]["AutoFeatureExtractor"] = "marker_code.MarkerFeatureExtractor"
+    (folder / "processor_config.json").write_text(json.dumps(processor_config))
+    return folder, marker
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """`speech-llama …` in this process → (exit status, stderr)."""
+    status = cli.main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+def assert_one_line_error(status: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert status == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# --- 1. consent for a folder's own code -------------------------------------------------------
+
+def test_own_folders_carry_no_foreign_code(tiny_model_dir):
+    from speech_llama.remote_code import foreign_code
+
+    assert foreign_code(tiny_model_dir) == []
+
+
+def test_folder_code_is_not_imported_without_consent(tiny_model_dir, tmp_path, caplog):
+    from speech_llama.generate import generate_answers, load_model
+    from speech_llama.remote_code import foreign_code
+    from trainers.arguments import ModelArguments
+    from trainers.run import load_for_training
+
+    folder, marker = hostile_folder(tiny_model_dir, tmp_path)
+    assert len(foreign_code(folder)) == 2
+    with caplog.at_level("WARNING", logger="speech_llama"):
+        model, processor = load_model(folder)  # what eval, importance, deactivate, generate and the Space use
+    assert "marker_code.MarkerTokenizer" in caplog.text and "--trust-remote-code" in caplog.text
+    assert type(processor.tokenizer).__name__ == "TokenizersBackend"
+    assert type(processor.feature_extractor).__name__ == "WhisperFeatureExtractor"
+    generate_answers(model, processor, ["Hi?"], max_new_tokens=2)
+    load_for_training(ModelArguments(model_name_or_path=str(folder)))  # trainers/run.py
+    assert not marker.exists()
+
+
+def test_code_only_folder_needs_the_flag_and_the_flag_runs_it(tiny_model_dir, tmp_path, capsys):
+    folder, marker = hostile_folder(tiny_model_dir, tmp_path, code_only=True)
+    status, err = run_cli(["generate", "--model", folder, "--question", "Hi?", "--max-new-tokens", "2"], capsys)
+    assert_one_line_error(status, err, "--trust-remote-code", "marker_code.MarkerTokenizer")
+    status, err = run_cli(["deactivate", "--model", folder, "--importance", tmp_path / "x.safetensors",
+                           "--data", "data/demo_qa.jsonl", "--out", tmp_path / "r.json"], capsys)
+    assert status == 2 and not marker.exists()
+    # With consent the folder's tokenizer code runs (in a child process: its own modules cache).
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "apps.cli", "generate", "--model", str(folder), "--question", "Hi?",
+                           "--max-new-tokens", "2", "--trust-remote-code"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.read_text() == "imported"
