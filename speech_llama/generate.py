@@ -23,16 +23,19 @@ SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speec
 TRANSCRIPT_INSTRUCTION = "\nRepeat exactly what was said."
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool | None = None):
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool | None = None,
+               processor: SpeechLlamaProcessor | None = None):
     """Load a built folder with the installed package's classes → (model in eval mode, processor).
 
     The folder's own Python files are not imported; a tokenizer / feature extractor that exists only
     as code in the folder runs with `trust_remote_code=True` only (`speech_llama.remote_code`).
+    `processor`: one already loaded from the folder (e.g. to check the data before the weights load).
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")
-    processor = load_processor(model_dir, trust_remote_code)  # first: a refusal costs no weight loading
+    if processor is None:
+        processor = load_processor(model_dir, trust_remote_code)  # first: a refusal costs no weight loading
     model = SpeechLlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     return model, processor
 

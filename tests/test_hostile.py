@@ -110,3 +110,58 @@ def test_code_only_folder_needs_the_flag_and_the_flag_runs_it(tiny_model_dir, tm
                            "--max-new-tokens", "2", "--trust-remote-code"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert marker.read_text() == "imported"
+
+
+# --- 3. bad clips are named (file, line, column) before any work ------------------------------
+
+def write_clips(folder: Path, seconds: list[float]) -> Path:
+    """data.jsonl with one 16 kHz noise clip per line, of the given lengths."""
+    (folder / "audio").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, length in enumerate(seconds):
+        soundfile.write(folder / "audio" / f"{i}.wav", noise_clip(length, seed=i), 16000)
+        lines.append(json.dumps({"question": f"Question {i}?", "answers": [f"answer {i}"], "audio": f"audio/{i}.wav"}))
+    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "data.jsonl"
+
+
+@pytest.mark.parametrize("bad_line, seconds, message", [(1, 40.0, "40.0 s long"), (4, 0.05, "50 ms long")])
+def test_eval_names_a_bad_clip_before_generating(tiny_model_dir, tmp_path, capsys, monkeypatch, bad_line, seconds, message):
+    import speech_llama.evaluation as evaluation
+
+    lengths = [0.5] * 7
+    lengths[bad_line - 1] = seconds
+    data = write_clips(tmp_path, lengths)
+    monkeypatch.setattr(evaluation, "run_predictions", lambda *a, **k: pytest.fail("generation started"))
+    for task in ("s2t", "cascade"):
+        status, err = run_cli(["eval", "--model", tiny_model_dir, "--data", data, "--task", task,
+                               "--out", tmp_path / "out"], capsys)
+        assert_one_line_error(status, err, f"data.jsonl, line {bad_line}, column 'audio'", message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_names_a_too_short_clip_before_training(tiny_model_dir, tmp_path, capsys):
+    data = write_clips(tmp_path, [0.5, 0.5, 0.04, 0.5])
+    status, err = run_cli(["train", "trainers/configs/tiny-random/full.yaml", "--model_name_or_path", tiny_model_dir,
+                           "--train_data", data, "--output_dir", tmp_path / "run", "--max_steps", "1"], capsys)
+    assert_one_line_error(status, err, "data.jsonl, line 3, column 'audio'", "40 ms long")
+    assert not (tmp_path / "run").exists()
+
+
+# --- 4. integer PCM ---------------------------------------------------------------------------
+
+def test_int16_audio_gives_the_features_of_float_audio(tiny, tmp_path):
+    from speech_llama.audio import read_audio
+
+    _, processor = tiny
+    pcm = (noise_clip(1.0) * 20000).clip(-32768, 32767).astype(np.int16)  # as scipy.io.wavfile.read returns it
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, pcm, 16000, subtype="PCM_16")
+    as_float = read_audio(str(wav), where="clip.wav")  # soundfile's float reading of the same file
+    np.testing.assert_array_equal(read_audio({"array": pcm, "sampling_rate": 16000}, where="x"), as_float)
+    features = {name: processor(text=["<speech>"], audio=[clip], sampling_rate=16000)["input_features"]
+                for name, clip in (("int16", pcm), ("float", as_float), ("int32", pcm.astype(np.int32) << 16))}
+    for name in ("int16", "int32"):
+        np.testing.assert_allclose(features[name].numpy(), features["float"].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="int64 has no known PCM scale"):
+        processor(text=["<speech>"], audio=[pcm.astype(np.int64)], sampling_rate=16000)

@@ -59,10 +59,11 @@ def layer_lr_for(model_args: ModelArguments, config: SpeechLlamaConfig, learning
                          model_args.layer_lr_scheme, learning_rate)
 
 
-def load_for_training(model_args: ModelArguments):
+def load_for_training(model_args: ModelArguments, processor=None):
     """(model, processor) with Stage-1 freezing: encoder frozen, adaptor + LLM trainable (method adaptor:
     the LLM frozen too); LoRA applied. The folder's own code runs only with `trust_remote_code`."""
-    processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
+    if processor is None:
+        processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
     model = SpeechLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=DTYPES[model_args.model_dtype])
     if not model.config.freeze_encoder:
         logger.warning("config.freeze_encoder was False; Stage 1 keeps the Whisper encoder frozen")
@@ -146,10 +147,12 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     setup_logging(training_args)
     set_seed(training_args.seed)
 
-    # Cheap checks first (config, importance summary, records), then the weights.
+    # Cheap checks first (config, importance summary, processor, records and every clip's length), then the weights.
     spec = layer_lr_for(model_args, speech_llama_config(model_args.model_name_or_path), training_args.learning_rate)
-    train_dataset, eval_dataset = load_datasets(data_args, require_targets=model_args.alignment_loss == "lm")
-    model, processor = load_for_training(model_args)
+    processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
+    train_dataset, eval_dataset = load_datasets(data_args, require_targets=model_args.alignment_loss == "lm",
+                                                processor=processor)
+    model, processor = load_for_training(model_args, processor)
     if (training_args.bf16 or training_args.fp16) and upcast_trainable(model):
         logger.info("trainable weights upcast to fp32 (mixed precision keeps fp32 master weights)")
     train_collator, eval_collator = build_collators(processor, data_args, training_args.seed)
