@@ -165,3 +165,59 @@ def test_int16_audio_gives_the_features_of_float_audio(tiny, tmp_path):
         np.testing.assert_allclose(features[name].numpy(), features["float"].numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="int64 has no known PCM scale"):
         processor(text=["<speech>"], audio=[pcm.astype(np.int64)], sampling_rate=16000)
+
+
+# --- 2. resume skips a half-written checkpoint ------------------------------------------------
+
+FULL_YAML = str(REPO / "trainers" / "configs" / "tiny-random" / "full.yaml")
+
+
+def test_resume_skips_a_half_written_checkpoint(tiny_model_dir, tmp_path, capsys):
+    from trainers.checkpoints import incomplete_reason
+    from trainers.run import main as train
+
+    data = write_clips(tmp_path / "data", [0.5, 0.6, 0.7, 0.8])
+    out = tmp_path / "run"
+    common = [FULL_YAML, "--model_name_or_path", str(tiny_model_dir), "--train_data", str(data), "--output_dir", str(out)]
+    train([*common, "--max_steps", "3"])
+    # Killed while checkpoint-6 was being written: only the config and the remote-code files are there.
+    half = out / "checkpoint-6"
+    half.mkdir()
+    for path in (out / "checkpoint-3").iterdir():
+        if path.name == "config.json" or path.suffix == ".py":
+            shutil.copy(path, half / path.name)
+    assert incomplete_reason(half) == "no trainer_state.json (written last)"
+    status, err = run_cli(["train", *common, "--max_steps", "6", "--resume_from_checkpoint", half], capsys)
+    assert_one_line_error(status, err, "checkpoint-6: incomplete checkpoint", "--resume_from_checkpoint true")
+    summary = train([*common, "--max_steps", "6", "--resume_from_checkpoint", "true"])
+    assert summary["resumed_from"] == str(out / "checkpoint-3") and summary["global_step"] == 6
+    assert incomplete_reason(half) is None  # rewritten whole at step 6
+
+
+# --- 5. no NaN coefficients, no NaN export ----------------------------------------------------
+
+@pytest.mark.parametrize("layers, alpha, scheme", [([1.0, 2.0, 3.0], 1e6, "softmax"), ([1e-300, 1e300], 2.0, "power")])
+def test_layer_lr_coefficients_must_be_finite_and_positive(layers, alpha, scheme):
+    from trainers.layer_lr import LayerLRError, layer_coefficients
+
+    with pytest.raises(LayerLRError, match="not finite numbers > 0"):
+        layer_coefficients(layers, alpha, scheme)
+
+
+def test_softmax_on_huge_importance_sums_stays_finite():
+    from trainers.layer_lr import layer_coefficients
+
+    coefficients = layer_coefficients([1e308, 1e308, 0.0, 0.0], 0.4, "softmax")  # NaN before: the mean overflowed
+    assert all(np.isfinite(coefficients)) and sum(coefficients) == pytest.approx(4.0)
+    assert coefficients[0] < 1 < coefficients[2]
+
+
+def test_non_finite_weights_are_not_exported(tiny_model_dir, tmp_path, capsys):
+    data = write_clips(tmp_path / "data", [0.5, 0.6])
+    out = tmp_path / "run"
+    status, err = run_cli(["train", FULL_YAML, "--model_name_or_path", tiny_model_dir, "--train_data", data,
+                           "--output_dir", out, "--max_steps", "1", "--save_strategy", "no",
+                           "--learning_rate", "1e39", "--lr_scheduler_type", "constant", "--warmup_steps", "0"],
+                          capsys)  # one AdamW step overflows fp32
+    assert_one_line_error(status, err, "non-finite", "nothing exported")
+    assert not (out / "final").exists() and not (out / ".final.partial").exists()

@@ -30,6 +30,7 @@ from speech_llama.build import DTYPES
 from speech_llama.memory import reuse_freed_memory
 from speech_llama.remote_code import load_processor
 from trainers.arguments import DataArguments, ModelArguments, parse_args
+from trainers.checkpoints import resolve_resume
 from trainers.ctc_alignment import TranscriptCTCCollator
 from trainers.data import MixEpochCallback, build_collators, load_datasets
 from trainers.export import TrainingInfo, base_licences, base_model_reference, export_full, export_lora
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     setup_logging(training_args)
     set_seed(training_args.seed)
 
-    # Cheap checks first (config, importance summary, processor, records and every clip's length), then the weights.
+    # Cheap checks first (checkpoint to resume from, config, importance summary, processor, records and every
+    # clip's length), then the weights.
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, training_args.save_only_model)
     spec = layer_lr_for(model_args, speech_llama_config(model_args.model_name_or_path), training_args.learning_rate)
     processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
     train_dataset, eval_dataset = load_datasets(data_args, require_targets=model_args.alignment_loss == "lm",
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         adaptor_lr=model_args.adaptor_lr,
         callbacks=[MixEpochCallback(train_collator)] * (model_args.alignment_loss == "lm") + list(callbacks or []),
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     info = training_info(model_args, data_args, training_args, trainer, spec, _last_logged_loss(trainer))
     output_dir = Path(training_args.output_dir)
     summary = {"output_dir": str(output_dir), "global_step": trainer.state.global_step,
-               "train_loss": result.training_loss}
+               "train_loss": result.training_loss, "resumed_from": resume}
     if model_args.method == "lora":
         adapter, final = export_lora(
             trainer, output_dir, info,
