@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     artifact = load_artifact(args.importance)
     model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    check_against_model(artifact.shapes, model, where=str(args.importance))
+    check_against_model(artifact.shapes, model, where=str(args.importance), summary=artifact.summary)
     importances = artifact.load_all()
     records = load_slice(args.data, args.split, args.skip, args.max_samples, require_audio=args.input == "speech")
     table = deactivation_table(model, processor, importances, records, args)

@@ -221,3 +221,115 @@ def test_non_finite_weights_are_not_exported(tiny_model_dir, tmp_path, capsys):
                           capsys)  # one AdamW step overflows fp32
     assert_one_line_error(status, err, "non-finite", "nothing exported")
     assert not (out / "final").exists() and not (out / ".final.partial").exists()
+
+
+# --- importance artifacts: garbage, truncated, a layer cut out --------------------------------
+
+def tiny_artifact(tiny, path: Path, drop_layer: int | None = None) -> Path:
+    """A synthetic importance artifact over the tiny model's decoder layers (summary from every
+    layer; with `drop_layer`, that layer's tensors are then cut out of the .safetensors)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from importance.artifact import build_summary, save_artifact
+
+    model, _ = tiny
+    generator = torch.Generator().manual_seed(0)
+    importances = {name: torch.rand(p.shape, generator=generator) for name, p in model.named_parameters()
+                   if ".model.layers." in name}
+    summary = build_summary(importances, num_layers=model.config.text_config.num_hidden_layers, model="tiny",
+                            input="text", num_samples=1, num_tokens=1, reduction="mean")
+    save_artifact(path, importances, summary)
+    if drop_layer is not None:
+        save_file({n: t for n, t in importances.items() if f".layers.{drop_layer}." not in n}, str(path))
+    return path
+
+
+def test_an_artifact_missing_a_layer_is_refused_or_warned_about(tiny, tmp_path, capsys, tiny_model_dir, caplog):
+    from importance.artifact import check_layer_coverage, load_artifact
+
+    cut = tiny_artifact(tiny, tmp_path / "cut.safetensors", drop_layer=1)
+    status, err = run_cli(["deactivate", "--model", tiny_model_dir, "--importance", cut, "--data", "data/demo_qa.jsonl",
+                           "--out", tmp_path / "r.json"], capsys)
+    assert_one_line_error(status, err, "decoder layer(s) [1]", "incomplete")
+    artifact = load_artifact(cut)
+    summary = {**artifact.summary, "layers": [x if i != 1 else 0.0 for i, x in enumerate(artifact.summary["layers"])]}
+    with caplog.at_level("WARNING", logger="importance"):
+        assert check_layer_coverage(artifact.shapes, tiny[0], summary, "cut") == [1]  # never analysed: a warning
+    assert "never zeroed" in caplog.text
+
+
+# --- every CLI error: one line, status 2 ------------------------------------------------------
+
+def bad_input(case: str, tmp_path: Path, tiny, tiny_model_dir) -> list:
+    """argv of a `speech-llama` command given one representative bad input."""
+    garbage = tmp_path / "garbage.safetensors"
+    if case in ("deactivate", "compare"):
+        real = tiny_artifact(tiny, tmp_path / "real.safetensors")
+        if case == "deactivate":  # not safetensors at all, next to a valid summary
+            garbage.write_bytes(b"\x00garbage" * 64)
+            shutil.copy(real.with_suffix(".json"), garbage.with_suffix(".json"))
+        else:  # a real artifact cut short (a copy interrupted mid-file)
+            garbage.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+            shutil.copy(real.with_suffix(".json"), garbage.with_suffix(".json"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    return {
+        "build": ["build", "--preset", "tiny-random", "--out", tmp_path / "m", "--dtype", "bfloat16"],
+        "synthesize": ["synthesize", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "s"],
+        "eval": ["eval", "--model", tmp_path / "no-model", "--data", "data/demo_qa.jsonl", "--task", "t2t", "--out", tmp_path / "e"],
+        "importance": ["importance", "--model", tmp_path / "no-model", "--data", "data/demo_qa.jsonl", "--out", tmp_path / "i.safetensors"],
+        "deactivate": ["deactivate", "--model", tiny_model_dir, "--importance", garbage, "--data", "data/demo_qa.jsonl",
+                       "--out", tmp_path / "r.json"],
+        "compare": ["compare", garbage, "--out", tmp_path / "c"],
+        "reproduce": ["reproduce", "--out", a_file],
+        "corpus": ["corpus", "--out", tmp_path / "corpus", "--clips", "0"],
+        "train": ["train", FULL_YAML, "--model_name_or_path", tiny_model_dir, "--train_data", "data/demo_qa.jsonl",
+                  "--method", "layer_lr", "--importance", garbage, "--output_dir", tmp_path / "t"],
+    }[case]
+
+
+EXPECTED = {
+    "build": "fixes its adaptor and dtype; drop --dtype",
+    "synthesize": "missing.jsonl",
+    "eval": "no-model is not a model folder",
+    "importance": "no-model is not a model folder",
+    "deactivate": "not a readable safetensors file",
+    "compare": "not a readable safetensors file",
+    "reproduce": "is a file; pass a folder",
+    "corpus": "--clips and --workers must be at least 1",
+    "train": "pass its summary",
+}
+
+
+@pytest.mark.parametrize("case", list(EXPECTED))
+def test_every_cli_error_is_one_line_with_status_2(case, tmp_path, capsys, tiny, tiny_model_dir):
+    status, err = run_cli(bad_input(case, tmp_path, tiny, tiny_model_dir), capsys)
+    assert_one_line_error(status, err, f"speech-llama {case}: error:", EXPECTED[case])
+
+
+def test_trainer_script_error_is_one_line(tmp_path, tiny_model_dir):
+    done = subprocess.run([sys.executable, "trainers/run.py", FULL_YAML, "--model_name_or_path", str(tiny_model_dir),
+                           "--train_data", "data/demo_qa.jsonl", "--method", "layer_lr",
+                           "--importance", str(tmp_path / "X.safetensors"), "--output_dir", str(tmp_path / "t")],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert_one_line_error(done.returncode, done.stderr, "trainers/run.py: error:", "X.json")
+
+
+def test_a_rejected_upload_is_deleted_at_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from spaces_demo.handlers import on_upload, reject_upload
+    from spaces_demo.uploads import discard_upload
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / "3f2a" / "notes.txt"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("not audio")
+    ui = SimpleNamespace(upload_note="note", upload="upload", audio="audio")
+    update = reject_upload(ui, on_upload)(str(upload))
+    assert "not audio" in update["note"] and update["audio"] is None
+    assert not upload.exists() and not upload.parent.exists()  # the rejected file is gone at once
+    outside = tmp_path / "mine.txt"
+    outside.write_text("keep")
+    assert not discard_upload(outside) and outside.exists()  # only Gradio's upload folder is touched

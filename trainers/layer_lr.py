@@ -66,11 +66,14 @@ def read_layer_importance(path: str | Path, num_layers: int) -> list[float]:
             negative value, or has a number of layers other than ``num_layers``.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":
+        raise LayerLRError(f"importance summary {path}: that is the artifact's tensors; pass its summary "
+                           f"{path.with_suffix('.json')} (Layer-LR reads the per-layer sums)")
     if not path.is_file():
         raise LayerLRError(f"importance summary {path}: no such file (pass the .json summary of `speech-llama importance`)")
     try:
         summary = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LayerLRError(f"importance summary {path}: not valid JSON ({error})") from error
     layers = summary.get("layers") if isinstance(summary, dict) else None
     if not isinstance(layers, list):

@@ -207,5 +207,17 @@ def _last_logged_loss(trainer) -> float | None:
     return losses[-1] if losses else None
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The script entry: bad input is one line on stderr (``trainers/run.py: error: …``), status 2."""
+    from speech_llama.commands import USER_ERRORS, one_line
+
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        print(f"trainers/run.py: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
