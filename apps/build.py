@@ -12,6 +12,8 @@ from trainers.speech_alignment import offline_mini_aligned
 # Presets assembled from shipped weights (speech_llama.presets), plus the one that also trains:
 # offline-mini with its adaptor aligned on the cached speech corpus (trainers.speech_alignment).
 PRESETS = {**WEIGHT_PRESETS, "offline-mini-aligned": offline_mini_aligned}
+# Options of --llm/--encoder builds only; a preset fixes its own adaptor and dtype (and refuses them).
+DEFAULTS = {"downsample": 5, "adaptor_hidden": 2048, "dtype": "float32"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,19 +21,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made build (offline)")
     parser.add_argument("--llm", help="causal LM: Hub id (e.g. meta-llama/Llama-3.2-1B-Instruct) or local dir")
     parser.add_argument("--encoder", help="Whisper checkpoint: Hub id (e.g. openai/whisper-large-v3) or local dir")
-    parser.add_argument("--downsample", type=int, default=5, help="adaptor k: encoder frames per LLM position")
-    parser.add_argument("--adaptor-hidden", type=int, default=2048, help="adaptor hidden width")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--downsample", type=int, help=f"adaptor k: encoder frames per LLM position (default {DEFAULTS['downsample']})")
+    parser.add_argument("--adaptor-hidden", type=int, help=f"adaptor hidden width (default {DEFAULTS['adaptor_hidden']})")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help=f"weights' dtype (default {DEFAULTS['dtype']})")
 
 
 def run(args: argparse.Namespace) -> Path:
+    given = [f"--{name.replace('_', '-')}" for name in DEFAULTS if getattr(args, name) is not None]
     if args.preset:
         if args.llm or args.encoder:
-            raise SystemExit("error: --preset builds its own LLM and encoder; drop --llm/--encoder")
+            raise ValueError("--preset builds its own LLM and encoder; drop --llm/--encoder")
+        if given:
+            raise ValueError(f"--preset {args.preset} fixes its adaptor and dtype; drop {'/'.join(given)} "
+                             "(or build with --llm and --encoder)")
         out = PRESETS[args.preset](args.out)
     else:
         if not (args.llm and args.encoder):
-            raise SystemExit("error: pass --preset, or both --llm and --encoder")
-        out = build_from_pretrained(args.llm, args.encoder, args.out, args.downsample, args.adaptor_hidden, args.dtype)
+            raise ValueError("pass --preset, or both --llm and --encoder")
+        options = {name: DEFAULTS[name] if getattr(args, name) is None else getattr(args, name) for name in DEFAULTS}
+        if options["downsample"] < 1 or options["adaptor_hidden"] < 1:
+            raise ValueError("--downsample and --adaptor-hidden must be at least 1")
+        out = build_from_pretrained(args.llm, args.encoder, args.out, options["downsample"], options["adaptor_hidden"],
+                                    options["dtype"])
     print(f"built {out}")
     return out

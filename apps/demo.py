@@ -12,6 +12,7 @@ from pathlib import Path
 
 from spaces_demo.content import DEFAULT_SAMPLES
 from spaces_demo.folder import DEFAULT_ARTIFACTS
+from speech_llama.remote_code import add_trust_argument
 
 DEFAULT_PORT = 7860
 
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the Space's folder: the only place it reads artifacts from (default {DEFAULT_ARTIFACTS})")
     parser.add_argument("--model", type=Path,
                         help="model folder for 'Try it' and the default importance (default: build offline-mini into the artifact folder)")
+    add_trust_argument(parser)
     parser.add_argument("--records", type=Path, help="records for the default importance (default: data/general_knowledge_qa.jsonl)")
     parser.add_argument("--importance-samples", type=int, default=DEFAULT_SAMPLES,
                         help=f"records used for the default importance estimate (default {DEFAULT_SAMPLES}, batch 8)")
@@ -37,6 +39,14 @@ def plan_from_args(args: argparse.Namespace):
         raise ValueError(f"--importance-samples must be >= 1, got {samples}")
     if args.model is not None and not (args.model / "config.json").is_file():
         raise FileNotFoundError(f"--model {args.model}: not a model folder (no config.json); build one with `speech-llama build`")
+    if args.model is not None:
+        from speech_llama.remote_code import load_processor, trust_folder
+
+        if args.trust_remote_code:
+            trust_folder(args.model)  # the Space's loaders ask the consent registry
+        load_processor(args.model)  # a folder that cannot load without its own code fails here, not in the page
+    elif args.trust_remote_code:
+        raise ValueError("--trust-remote-code applies to a --model folder; the default model needs no code of its own")
     if args.records is not None and not args.records.is_file():
         raise FileNotFoundError(f"--records {args.records}: no such file")
     return ContentPlan(folder=args.artifacts, model_dir=args.model, records=args.records, samples=samples)

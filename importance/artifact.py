@@ -15,6 +15,7 @@ so a reader never sees a half-written artifact.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from safetensors.torch import save_file
 
 from speech_llama.files import atomic_write, atomic_write_json
 from speech_llama.parameters import layer_and_module
+
+logger = logging.getLogger("importance")
 
 # Every parameter of the LLM's decoder layers (the paper's analysed set).
 DEFAULT_PARAMS = r"language_model\.model\.layers\."
@@ -170,17 +173,53 @@ def load_artifact(path: str | os.PathLike) -> ImportanceArtifact:
     for required in (path, json_path):
         if not required.is_file():
             raise FileNotFoundError(f"{required}: no such file (an importance artifact is X.safetensors + X.json)")
-    summary = json.loads(json_path.read_text())
+    try:
+        summary = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{json_path}: not a readable JSON summary ({error}); re-run `speech-llama importance`") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{json_path}: expected a JSON object (the artifact summary), got {type(summary).__name__}")
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
         raise ValueError(f"{json_path}: summary lacks the contract keys {missing}")
-    with safe_open(str(path), framework="pt") as handle:
-        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own error type for truncated or foreign files
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(error).split())}); it may be truncated: "
+                         "re-run `speech-llama importance`") from None
     return ImportanceArtifact(path=path, summary=summary, shapes=shapes)
 
 
-def check_against_model(shapes: Mapping[str, tuple[int, ...]], model: torch.nn.Module, where: str = "artifact") -> None:
-    """Every stored tensor must name a parameter of ``model`` with the same shape.
+def check_layer_coverage(shapes: Mapping[str, tuple[int, ...]], model: torch.nn.Module, summary: Mapping[str, Any] | None,
+                         where: str = "artifact") -> list[int]:
+    """Decoder layers of ``model`` the artifact holds no tensor for (returned; logged as a warning).
+
+    A layer the summary gives importance to but whose tensors are all missing means the file was
+    cut or edited: refused. A layer never analysed (``--params`` left it out) is only warned about,
+    since deactivation then never zeroes anything in it.
+
+    Raises:
+        ValueError: a layer with importance in the summary has no tensors in the file.
+    """
+    model_layers = sorted({located[0] for name, _ in model.named_parameters() if (located := layer_and_module(name))})
+    covered = {located[0] for name in shapes if (located := layer_and_module(name))}
+    missing = [layer for layer in model_layers if layer not in covered]
+    if not covered or not missing:
+        return missing
+    sums = list(summary.get("layers") or []) if summary else []
+    cut = [layer for layer in missing if layer < len(sums) and isinstance(sums[layer], (int, float)) and sums[layer] > 0]
+    if cut:
+        raise ValueError(f"{where}: the summary gives decoder layer(s) {cut} importance but the file holds no tensor for "
+                         "them; the artifact is incomplete: re-run `speech-llama importance`")
+    logger.warning("%s: no importance for decoder layer(s) %s (not analysed); they are never zeroed", where, missing)
+    return missing
+
+
+def check_against_model(shapes: Mapping[str, tuple[int, ...]], model: torch.nn.Module, where: str = "artifact",
+                        summary: Mapping[str, Any] | None = None) -> None:
+    """Every stored tensor must name a parameter of ``model`` with the same shape; with ``summary``,
+    decoder layers without any tensor are checked too (`check_layer_coverage`).
 
     Raises:
         ValueError: naming the first mismatch — a name the model lacks, or the parameter's
@@ -195,3 +234,5 @@ def check_against_model(shapes: Mapping[str, tuple[int, ...]], model: torch.nn.M
         expected = tuple(parameters[name].shape)
         if expected != tuple(shape):
             raise ValueError(f"{where}: parameter {name!r}: the model expects shape {expected}, the artifact has {tuple(shape)}")
+    if summary is not None:
+        check_layer_coverage(shapes, model, summary, where)

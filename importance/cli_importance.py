@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from speech_llama.remote_code import add_trust_argument
+
 from .artifact import DEFAULT_PARAMS, json_path_for
 from .estimate import REDUCTIONS, init_distributed, load_slice
 from .pipeline import estimate_and_save
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="regex over parameter names (default: the LLM's decoder layers)")
     parser.add_argument("--reduction", choices=REDUCTIONS, default="mean", help="mean: |θ·∇L(D)| (Eq. 2); abs_per_batch: Σ_b |θ·g_b|")
     parser.add_argument("--no-progress", action="store_true")
+    add_trust_argument(parser)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> Path:
 
     json_path_for(args.out)  # fail on a bad name before minutes of compute
     rank, world = init_distributed()
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
     records = load_slice(args.data, args.split, args.skip, args.max_samples, require_audio=args.input == "speech")
     result, summary = estimate_and_save(
         model, processor, records, args.out,

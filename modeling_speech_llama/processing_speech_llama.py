@@ -21,6 +21,23 @@ SPEECH_SAMPLING_RATE = 16_000
 MIN_SPEECH_SECONDS = 0.1
 
 
+# Integer PCM as audio files and `scipy.io.wavfile.read` give it: full scale of each type.
+PCM_FULL_SCALE = {np.dtype(np.int8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0,
+                  np.dtype(np.uint8): 128.0}
+
+
+def pcm_to_float(samples: np.ndarray, where: str = "audio") -> np.ndarray:
+    """Integer PCM (int8/16/32, or unsigned 8-bit centred on 128) → float32 in [-1, 1], as
+    soundfile reads the same file; other integer types are refused (their scale is unknown)."""
+    scale = PCM_FULL_SCALE.get(samples.dtype)
+    if scale is None:
+        raise ValueError(f"{where}: integer audio of dtype {samples.dtype} has no known PCM scale; "
+                         "pass int16 / int32 / int8 / uint8 PCM or float samples in [-1, 1]")
+    if samples.dtype.kind == "u":
+        return (samples.astype(np.float32) - scale) / scale
+    return (samples.astype(np.float64) / scale).astype(np.float32)
+
+
 class SpeechLlamaProcessor(ProcessorMixin):
     r"""
     Feature extractor + tokenizer for [`SpeechLlamaForCausalLM`].
@@ -38,8 +55,9 @@ class SpeechLlamaProcessor(ProcessorMixin):
     Call: `processor(text=[prompts], audio=[clip | None | [clips] per prompt] or None,
     sampling_rate=16000, return_tensors="pt", padding=True)` → `input_ids`, `attention_mask` and,
     when any clip is given, `input_features` (B_a, n_mels, T_mel) and `input_features_mask` (B_a, T_mel).
-    Audio must be 16 kHz float arrays; stereo is down-mixed with a warning; other rates are refused
-    (resample first, e.g. `datasets.Audio(sampling_rate=16000)`).
+    Audio must be 16 kHz: float arrays in [-1, 1], or integer PCM (int16 as `scipy.io.wavfile.read`
+    gives it, int32, int8, uint8), which is scaled to [-1, 1]; stereo is down-mixed with a warning;
+    other rates are refused (resample first, e.g. `datasets.Audio(sampling_rate=16000)`).
     """
 
     def __init__(
@@ -81,13 +99,28 @@ class SpeechLlamaProcessor(ProcessorMixin):
         num_mel_frames = num_samples // self.feature_extractor.hop_length
         return ((num_mel_frames + 1) // 2) // self.downsample
 
+    def check_speech_length(self, num_samples: int, where: str = "audio") -> None:
+        """Raise a `ValueError` naming `where` unless a 16 kHz clip of `num_samples` samples fits the
+        encoder (at most `max_speech_seconds`, at least one speech token)."""
+        seconds = num_samples / SPEECH_SAMPLING_RATE
+        if seconds > self.max_speech_seconds:
+            raise ValueError(f"{where}: audio is {seconds:.1f} s long; the encoder accepts at most {self.max_speech_seconds:.0f} s")
+        if self.num_speech_tokens(num_samples) < 1:
+            raise ValueError(f"{where}: audio is {seconds * 1000:.0f} ms long; at least {MIN_SPEECH_SECONDS * 1000:.0f} ms is needed")
+
+    def check_audio(self, clip, where: str = "audio") -> np.ndarray:
+        """Validate one 16 kHz clip (what `__call__` checks) and return it as float32 mono (samples,)."""
+        return self._check_clip(clip, where)
+
     def _check_clip(self, clip, where: str) -> np.ndarray:
-        """Validate one clip and return it as float32 mono (samples,)."""
+        """Validate one clip and return it as float32 mono (samples,); integer PCM is scaled to [-1, 1]."""
         if isinstance(clip, torch.Tensor):
             clip = clip.detach().cpu().numpy()
         clip = np.asarray(clip)
         if clip.dtype.kind not in "fiu":
             raise ValueError(f"{where}: audio must be a numeric array, got dtype {clip.dtype}")
+        if clip.dtype.kind in "iu":
+            clip = pcm_to_float(clip, where)
         if clip.ndim == 2:
             channel_axis = int(np.argmin(clip.shape))
             warnings.warn(f"{where}: audio has {clip.shape[channel_axis]} channels (shape {clip.shape}); down-mixing to mono")
@@ -99,11 +132,7 @@ class SpeechLlamaProcessor(ProcessorMixin):
         clip = clip.astype(np.float32)
         if not np.isfinite(clip).all():
             raise ValueError(f"{where}: audio contains NaN or infinite samples")
-        seconds = clip.size / SPEECH_SAMPLING_RATE
-        if seconds > self.max_speech_seconds:
-            raise ValueError(f"{where}: audio is {seconds:.1f} s long; the encoder accepts at most {self.max_speech_seconds:.0f} s")
-        if self.num_speech_tokens(clip.size) < 1:
-            raise ValueError(f"{where}: audio is {seconds * 1000:.0f} ms long; at least {MIN_SPEECH_SECONDS * 1000:.0f} ms is needed")
+        self.check_speech_length(clip.size, where)
         return clip
 
     def extract_speech_features(self, clips: list, where: str = "audio") -> dict[str, np.ndarray]:
@@ -283,4 +312,4 @@ class SpeechLlamaProcessor(ProcessorMixin):
 
 SpeechLlamaProcessor.register_for_auto_class()
 
-__all__ = ["SpeechLlamaProcessor", "DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["SpeechLlamaProcessor", "DEFAULT_SYSTEM_PROMPT", "pcm_to_float"]

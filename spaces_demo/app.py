@@ -43,7 +43,7 @@ from spaces_demo.handlers import (  # noqa: E402
     render_matrix_for_artifact,
 )
 from spaces_demo.tryit import ModelHolder  # noqa: E402
-from spaces_demo.uploads import ACCEPTED  # noqa: E402
+from spaces_demo.uploads import ACCEPTED, UPLOAD_CACHE  # noqa: E402
 from trainers.layer_lr import SCHEMES  # noqa: E402
 
 logger = logging.getLogger("spaces_demo")
@@ -166,7 +166,8 @@ def _wire(space: Space, ui: UI, demo: gr.Blocks) -> None:
 def build_blocks(space: Space) -> gr.Blocks:
     """The Gradio app; every tab is filled on page load from the folder."""
     ui = UI()
-    with gr.Blocks(title="speech-llama: parameter importance explorer", analytics_enabled=False) as demo:
+    with gr.Blocks(title="speech-llama: parameter importance explorer", analytics_enabled=False,
+                   delete_cache=UPLOAD_CACHE) as demo:
         gr.Markdown(INTRO)
         model = space.builder.plan.model_path
         gr.Markdown(f"Serving **{model.name}** · artifact folder `{space.folder.root}`", elem_id="served")

@@ -13,7 +13,7 @@ import pandas as pd
 from spaces_demo.content import ContentBuilder
 from spaces_demo.folder import ArtifactFolder, NotInFolder
 from spaces_demo.tryit import MAX_QUESTION_CHARS, ModelHolder, NotReady
-from spaces_demo.uploads import ACCEPTED, UploadRejected, check_spoken_question
+from spaces_demo.uploads import ACCEPTED, UploadRejected, check_spoken_question, discard_upload
 from spaces_demo.views import (
     ViewError,
     change_view,
@@ -203,12 +203,14 @@ def on_upload(ui: UI, file_path: str | None) -> dict:
 
 
 def reject_upload(ui: UI, handler):
-    """An upload that fails its check is also removed from the upload box and the player."""
+    """An upload that fails its check is also removed from the upload box and the player, and
+    deleted from the upload folder."""
 
     def run(file_path):  # one input, the file (no functools.wraps: Gradio reads this signature)
         try:
             return handler(ui, file_path)
         except UploadRejected as rejected:
+            discard_upload(file_path)
             return {ui.upload_note: warning(str(rejected)), ui.upload: None, ui.audio: None}
 
     run.__name__ = handler.__name__

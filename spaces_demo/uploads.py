@@ -2,10 +2,17 @@
 
 Every rejection is an `UploadRejected` whose message is written for the person using the Space
 (what was wrong, what is accepted); nothing here lets a decoder's traceback reach the UI.
+
+Uploads land in Gradio's cache (`upload_folder()`: ``$GRADIO_TEMP_DIR``, else ``<tmp>/gradio``).
+A rejected upload is deleted there at once (`discard_upload`); accepted ones and recordings are
+removed by Gradio when the server stops, or after a day (`UPLOAD_CACHE`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +22,8 @@ from speech_llama.audio import SAMPLE_RATE, read_audio
 from speech_llama.errors import RecordsError
 
 MAX_BYTES = 10 * 1024 * 1024
+# gr.Blocks(delete_cache=…): uploads older than a day are removed daily, and all when the server stops.
+UPLOAD_CACHE = (86_400, 86_400)
 MAX_SECONDS = 30.0
 # Formats libsndfile (soundfile) decodes, which is what `read_audio` uses.
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif")
@@ -88,3 +97,28 @@ def check_spoken_question(path: str | Path, min_seconds: float = 0.1) -> SpokenQ
     if len(audio) < min_seconds * SAMPLE_RATE:
         raise UploadRejected(f"“{path.name}” is only {1000 * len(audio) / SAMPLE_RATE:.0f} ms long; please record a whole question.")
     return SpokenQuestion(audio=audio, name=path.name)
+
+
+def upload_folder() -> Path:
+    """Where Gradio stores uploads (the rule of `gradio.utils.get_upload_folder`)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def discard_upload(path: str | Path | None) -> bool:
+    """Delete a rejected upload (and the per-file folder Gradio made for it) when it lies inside
+    the upload folder; anything elsewhere is left alone. Returns whether something was removed."""
+    if not path:
+        return False
+    root = upload_folder()
+    try:
+        resolved = Path(path).resolve()
+        resolved.relative_to(root)
+    except (OSError, ValueError):
+        return False
+    if resolved == root or not resolved.is_file():
+        return False
+    resolved.unlink(missing_ok=True)
+    parent = resolved.parent
+    if parent != root and not any(parent.iterdir()):
+        shutil.rmtree(parent, ignore_errors=True)
+    return True

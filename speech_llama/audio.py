@@ -53,6 +53,40 @@ def read_audio(value: Any, *, where: str) -> np.ndarray:
     return resample(_to_mono(samples, where), sampling_rate)
 
 
+def audio_num_samples(value: Any, *, where: str) -> int:
+    """How many 16 kHz samples :func:`read_audio` would return for ``value``, read from the file
+    header where there is one (paths, embedded bytes), so a whole data set is checked cheaply."""
+    import soundfile
+
+    if value is None:
+        raise RecordsError(f"{where}: no audio")
+    source = None
+    if isinstance(value, (str, os.PathLike)):
+        source = str(value)
+    elif isinstance(value, dict) and value.get("array") is None and value.get("bytes") is not None:
+        source = io.BytesIO(value["bytes"])
+    elif isinstance(value, dict) and value.get("array") is None and value.get("path") is not None:
+        source = str(value["path"])
+    if source is None:
+        return len(read_audio(value, where=where))
+    try:
+        info = soundfile.info(source)
+        if info.frames <= 0 or info.samplerate <= 0:
+            raise ValueError("the audio has no samples")
+    except Exception as error:  # as in read_audio: every decoder error means unreadable
+        raise RecordsError(f"{where}: cannot read audio ({_describe_audio(value)}): {error}") from error
+    return _resampled_length(int(info.frames), int(info.samplerate))
+
+
+def _resampled_length(frames: int, source_rate: int, target_rate: int = SAMPLE_RATE) -> int:
+    """Length of `resample`'s output (scipy's resample_poly: ⌈n · up / down⌉)."""
+    if source_rate == target_rate:
+        return frames
+    divisor = math.gcd(source_rate, target_rate)
+    up, down = target_rate // divisor, source_rate // divisor
+    return -(-frames * up // down)
+
+
 def resample(samples: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Polyphase resampling by the exact rational ratio target/source (reduced by the gcd).
 
@@ -113,10 +147,20 @@ def _frames_by_channels(array: np.ndarray) -> np.ndarray:
     """Arrays from `datasets` are 1-D (mono) or channels x frames; make them frames x channels
     (the shorter axis is taken as the channel axis), and scale integer PCM to [-1, 1]."""
     if np.issubdtype(array.dtype, np.integer):
-        array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+        array = pcm_to_float(array)
     if array.ndim == 2 and array.shape[0] < array.shape[1]:
         array = array.T
     return array
+
+
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM → float32 in [-1, 1] as soundfile reads the same file (int16 / 32768; unsigned
+    8-bit is centred on 128); the processor's `pcm_to_float` does the same (it must stand alone)."""
+    bits = samples.dtype.itemsize * 8
+    scale = float(2 ** (bits - 1))
+    if samples.dtype.kind == "u":
+        return ((samples.astype(np.float64) - scale) / scale).astype(np.float32)
+    return (samples.astype(np.float64) / scale).astype(np.float32)
 
 
 def _to_mono(samples: np.ndarray, where: str) -> np.ndarray:
@@ -140,4 +184,4 @@ def _describe_audio(value: Any) -> str:
     return type(value).__name__
 
 
-__all__ = ["SAMPLE_RATE", "read_audio", "read_wav", "resample", "write_wav"]
+__all__ = ["SAMPLE_RATE", "audio_num_samples", "pcm_to_float", "read_audio", "read_wav", "resample", "write_wav"]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, read_audio
+from .audio import SAMPLE_RATE, audio_num_samples, read_audio
 from .generate import TRANSCRIPT_INSTRUCTION, qa_training_text
 
 InputKind = Literal["text", "speech"]
@@ -35,6 +35,22 @@ def record_location(source: str, record: dict[str, Any]) -> str:
     """"<source>, row <1-based row>" for error messages (the row from the `_row` column)."""
     row = record.get("_row")
     return f"{source}, row {row + 1}" if isinstance(row, int) else f"{source}, record ?"
+
+
+def check_clip_lengths(records, locate, processor, batch_size: int = 256) -> int:
+    """Every record's clip fits the encoder (`processor.check_speech_length`: ≤ 30 s, ≥ 0.1 s),
+    checked from the file headers before any batch is built; the first that does not is reported
+    with its file, line and column. Returns how many clips were checked."""
+    if "audio" not in records.column_names:
+        return 0
+    checked = 0
+    for batch in records.select_columns(["audio"]).iter(batch_size=batch_size):
+        for value in batch["audio"]:
+            if value is not None:
+                where = locate(checked, "audio")
+                processor.check_speech_length(audio_num_samples(value, where=where), where)
+            checked += 1
+    return checked
 
 
 @dataclass

@@ -20,7 +20,13 @@ from .memory import reuse_freed_memory
 # command → (module, help)
 CommandTable = Mapping[str, tuple[str, str]]
 # What a command may raise for bad input: reported in one line (no traceback), exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+# OSError covers a missing or unreadable path, a Hub id that does not resolve, a full disk.
+USER_ERRORS = (ValueError, OSError, ImportError)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (transformers' and others' messages span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def build_parser(prog: str, commands: CommandTable, command: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
@@ -59,9 +65,9 @@ def main(prog: str, commands: CommandTable, argv: Sequence[str] | None = None, d
     try:
         run_parsed(args)
     except USER_ERRORS as error:
-        print(f"{prog} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
 
-__all__ = ["USER_ERRORS", "build_parser", "main", "parse", "run_parsed"]
+__all__ = ["USER_ERRORS", "build_parser", "main", "one_line", "parse", "run_parsed"]

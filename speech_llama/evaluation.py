@@ -26,7 +26,8 @@ from .batching import continuous_greedy_answers
 from .files import atomic_write_json, write_jsonl
 from .corpus.texts import normalized
 from .generate import TRANSCRIPT_INSTRUCTION, load_model
-from .records import load_records
+from .records import Locator, load_located_records
+from .remote_code import add_trust_argument, load_processor
 
 TASKS = ("t2t", "s2t", "cascade", "readback")
 LISTENING_TASKS = ("s2t", "cascade", "readback")
@@ -39,16 +40,21 @@ class EvalItem:
     audio: np.ndarray | None
 
 
-def eval_items(records, task: str) -> list[EvalItem]:
-    """Records → items; audio decoded (16 kHz mono) only for the tasks that listen."""
+def eval_items(records, task: str, locate: Locator | None = None, checks=()) -> list[EvalItem]:
+    """Records → items; audio decoded (16 kHz mono) only for the tasks that listen, and each clip
+    passed through `checks` (callables `(clip, where)` that raise naming `where`: file, line, column)
+    — all before any answer is generated."""
     needs_audio = task in LISTENING_TASKS
     items = []
     for row, record in enumerate(records):
         audio = None
         if needs_audio:
+            where = locate(row, "audio") if locate is not None else f"row {row}, column 'audio'"
             if record.get("audio") is None:
-                raise ValueError(f"row {row}, column 'audio': task {task} needs audio for every record")
-            audio = read_audio(record["audio"], where=f"row {row}, column 'audio'")
+                raise ValueError(f"{where}: task {task} needs audio for every record")
+            audio = read_audio(record["audio"], where=where)
+            for check in checks:
+                check(audio, where)
         items.append(EvalItem(record["question"], list(record.get("answers") or []), audio))
     return items
 
@@ -65,11 +71,18 @@ def length_sorted_batches(items: list[EvalItem], batch_size: int, by_audio: bool
 class WhisperTranscriber:
     """Batched Whisper ASR for the cascade baseline (any Whisper checkpoint folder or Hub id)."""
 
-    def __init__(self, asr_model: str | Path):
+    def __init__(self, asr_model: str | Path, trust_remote_code: bool = False):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        self.processor = WhisperProcessor.from_pretrained(asr_model)
+        self.processor = WhisperProcessor.from_pretrained(asr_model, trust_remote_code=trust_remote_code)
         self.model = WhisperForConditionalGeneration.from_pretrained(asr_model).eval()
+
+    def check(self, clip: np.ndarray, where: str) -> None:
+        """Whisper hears one 30 s window: a longer clip would be cut silently, so it is refused."""
+        limit = self.processor.feature_extractor.n_samples
+        if len(clip) > limit:
+            raise ValueError(f"{where}: audio is {len(clip) / SAMPLE_RATE:.1f} s long; the ASR model hears at most "
+                             f"{limit / SAMPLE_RATE:.0f} s (it would cut the rest)")
 
     @torch.no_grad()
     def __call__(self, clips: list[np.ndarray]) -> list[str]:
@@ -122,15 +135,23 @@ def evaluate_model(
     split: str = "test",
     asr_model: str | Path | None = None,
     progress: bool = True,
+    trust_remote_code: bool | None = None,
 ) -> dict:
-    """Run one task over a QA set; writes predictions.jsonl + metrics.json and returns the metrics."""
+    """Run one task over a QA set; writes predictions.jsonl + metrics.json and returns the metrics.
+
+    Every row is read and every clip checked (file, line, column named) before the weights load."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    records = load_records(data, split=split, max_samples=max_samples, require_audio=task != "t2t",
-                           require_answers=task != "readback")
-    items = eval_items(records, task)
-    model, processor = load_model(model_dir)
-    transcriber = WhisperTranscriber(asr_model or default_asr_model()) if task == "cascade" else None
+    records, locate = load_located_records(data, split=split, max_samples=max_samples, require_audio=task != "t2t",
+                                           require_answers=task != "readback")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")
+    processor = load_processor(model_dir, trust_remote_code)
+    transcriber = (WhisperTranscriber(asr_model or default_asr_model(), bool(trust_remote_code))
+                   if task == "cascade" else None)
+    checks = [processor.check_audio] + ([transcriber.check] if transcriber is not None else [])
+    items = eval_items(records, task, locate, checks)
+    model, processor = load_model(model_dir, processor=processor)
     started = time.perf_counter()
     predictions, transcripts = run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber, progress)
     elapsed = time.perf_counter() - started
@@ -189,12 +210,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--asr", help="Whisper checkpoint for --task cascade (default: the offline Whisper tiny.en)")
+    add_trust_argument(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
     metrics = evaluate_model(
         args.model, args.data, args.task, args.out, args.batch_size, args.max_samples, args.max_new_tokens,
-        args.split, args.asr,
+        args.split, args.asr, trust_remote_code=args.trust_remote_code,
     )
     print(json.dumps(metrics))
     return metrics

@@ -15,6 +15,7 @@ import torch
 from modeling_speech_llama import SpeechLlamaForCausalLM, SpeechLlamaProcessor
 
 from .audio import SAMPLE_RATE, read_audio
+from .remote_code import add_trust_argument, load_processor
 
 SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
 # The transcript task (training only): the model repeats the spoken words, which teaches the
@@ -22,15 +23,20 @@ SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speec
 TRANSCRIPT_INSTRUCTION = "\nRepeat exactly what was said."
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a built folder with the project's own classes → (model in eval mode, processor)."""
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool | None = None,
+               processor: SpeechLlamaProcessor | None = None):
+    """Load a built folder with the installed package's classes → (model in eval mode, processor).
+
+    The folder's own Python files are not imported; a tokenizer / feature extractor that exists only
+    as code in the folder runs with `trust_remote_code=True` only (`speech_llama.remote_code`).
+    `processor`: one already loaded from the folder (e.g. to check the data before the weights load).
+    """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")
+    if processor is None:
+        processor = load_processor(model_dir, trust_remote_code)  # first: a refusal costs no weight loading
     model = SpeechLlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-    # The folder's own auto_map would make the feature-extractor lookup ask about remote code; the
-    # classes used here are the project's, so nothing from the folder is executed.
-    processor = SpeechLlamaProcessor.from_pretrained(model_dir, trust_remote_code=True)
     return model, processor
 
 
@@ -102,10 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--question", help="typed question (T2T)")
     source.add_argument("--audio", type=Path, help="spoken question, any sampling rate (S2T)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    add_trust_argument(parser)
 
 
 def run(args: argparse.Namespace) -> str:
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
     if args.audio is not None:
         audio = read_audio(str(args.audio), where=str(args.audio))
         answer = generate_answers(model, processor, [None], [audio], args.max_new_tokens)[0]

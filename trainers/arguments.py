@@ -62,6 +62,11 @@ class ModelArguments:
         metadata={"help": "base_model_name_or_path written into adapter/ (default: model_name_or_path, made "
                           "absolute when local); set the base's Hub id before publishing the adapter"},
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "allow the model folder's own tokenizer / feature-extractor code (its auto_map) to run; "
+                          "folders written by speech-llama need none"},
+    )
     model_dtype: str = field(
         default="float32",
         metadata={"help": f"dtype the weights are loaded in ({' | '.join(MODEL_DTYPES)}); mixed precision is --bf16, "

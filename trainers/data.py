@@ -16,8 +16,8 @@ from typing import Any
 import datasets
 from transformers import TrainerCallback
 
-from speech_llama.collate import QACollator, record_location
-from speech_llama.records import load_records
+from speech_llama.collate import QACollator, check_clip_lengths, record_location
+from speech_llama.records import load_located_records
 
 from .arguments import DataArguments
 
@@ -30,25 +30,31 @@ def needs_audio(data_args: DataArguments) -> bool:
 
 
 def load_split(source: str, split: str, max_samples: int | None, require_audio: bool,
-               require_targets: bool = True) -> datasets.Dataset:
+               require_targets: bool = True, processor=None) -> datasets.Dataset:
     """Contract records with a `_row` column (0-based index), which errors and T2T mixing use.
 
     `require_targets=False` accepts records without answers or responses (CTC alignment trains on
-    the spoken question itself)."""
-    records = load_records(source, split=split, max_samples=max_samples, require_audio=require_audio,
-                           require_answers=require_targets)
+    the spoken question itself). With `processor` (and audio required) every clip's length is
+    checked now, naming file, line and column, instead of failing in the collator mid-run."""
+    records, locate = load_located_records(source, split=split, max_samples=max_samples, require_audio=require_audio,
+                                           require_answers=require_targets)
+    if processor is not None and require_audio:
+        check_clip_lengths(records, locate, processor)
     return records.add_column(ROW_COLUMN, list(range(len(records))))
 
 
-def load_datasets(data_args: DataArguments, require_targets: bool = True) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """(train, eval or None) records as the run's data arguments describe them."""
+def load_datasets(data_args: DataArguments, require_targets: bool = True,
+                  processor=None) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(train, eval or None) records as the run's data arguments describe them (clips checked
+    against `processor` when given)."""
     audio = needs_audio(data_args)
-    train = load_split(data_args.train_data, data_args.train_split, data_args.max_train_samples, audio, require_targets)
+    train = load_split(data_args.train_data, data_args.train_split, data_args.max_train_samples, audio, require_targets,
+                       processor)
     evaluation = None
     if data_args.eval_data:
         # Evaluation never mixes: it measures the configured input (S2T for speech).
         evaluation = load_split(data_args.eval_data, data_args.eval_split, data_args.max_eval_samples,
-                                data_args.input == "speech")
+                                data_args.input == "speech", processor=processor)
     return train, evaluation
 
 

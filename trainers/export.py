@@ -86,8 +86,29 @@ def base_model_reference(model_name_or_path: str, override: str | None = None) -
     return str(path.resolve()) if path.exists() else model_name_or_path
 
 
+class NonFiniteWeightsError(ValueError):
+    """The trained weights hold NaN or infinite values: nothing is exported."""
+
+
+def refuse_non_finite(trainer) -> None:
+    """Raise on every rank (the count is summed across processes) when any trained weight is not finite."""
+    bad = [name for name, parameter in trainer.model.named_parameters() if not torch.isfinite(parameter.detach()).all()]
+    total = sum(1 for _ in trainer.model.parameters())
+    count = torch.tensor([len(bad)], device=trainer.accelerator.device)
+    if trainer.accelerator.num_processes > 1:
+        count = trainer.accelerator.reduce(count, reduction="sum")
+    if int(count.item()) > 0:
+        shown = ", ".join(bad[:3]) + (" …" if len(bad) > 3 else "")
+        raise NonFiniteWeightsError(
+            f"training left non-finite (NaN / inf) values in {len(bad) or int(count.item())} of {total} weight tensors"
+            f"{f' ({shown})' if bad else ''}; nothing exported (no {FINAL_DIR}/): lower the learning rate, check "
+            "the Layer-LR coefficients in layer_lr.json and the logged losses"
+        )
+
+
 def export_full(trainer, output_dir: Path, info: TrainingInfo) -> Path:
-    """`output_dir/final/` from the trained model (Full-FT and Layer-LR)."""
+    """`output_dir/final/` from the trained model (Full-FT and Layer-LR); refused for non-finite weights."""
+    refuse_non_finite(trainer)
     final = Path(output_dir) / FINAL_DIR
     staging = _staging(final, trainer)
     trainer.save_model(str(staging))  # all ranks: FSDP/DeepSpeed gather; the main process writes
@@ -103,8 +124,9 @@ def export_lora(trainer, output_dir: Path, info: TrainingInfo, base_reference: s
     """`output_dir/adapter/` (peft adapter, loads via AutoModel) and the merged `output_dir/final/`.
 
     The merged model is rebuilt from disk (base + the adapter just written) on the main process, so
-    it does not depend on how the training model was sharded.
+    it does not depend on how the training model was sharded. Refused for non-finite weights.
     """
+    refuse_non_finite(trainer)
     adapter = Path(output_dir) / ADAPTER_DIR
     final = Path(output_dir) / FINAL_DIR
     staging = _staging(adapter, trainer)
@@ -274,5 +296,5 @@ The merged model (same outputs, no peft needed) is the run's `final/` folder.
 """
 
 
-__all__ = ["ADAPTER_DIR", "FINAL_DIR", "TrainingInfo", "adapter_card", "base_licences", "base_model_reference", "export_full",
-           "export_lora", "training_card"]
+__all__ = ["ADAPTER_DIR", "FINAL_DIR", "NonFiniteWeightsError", "TrainingInfo", "adapter_card", "base_licences", "base_model_reference", "export_full",
+           "export_lora", "refuse_non_finite", "training_card"]

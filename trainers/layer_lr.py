@@ -66,11 +66,14 @@ def read_layer_importance(path: str | Path, num_layers: int) -> list[float]:
             negative value, or has a number of layers other than ``num_layers``.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":
+        raise LayerLRError(f"importance summary {path}: that is the artifact's tensors; pass its summary "
+                           f"{path.with_suffix('.json')} (Layer-LR reads the per-layer sums)")
     if not path.is_file():
         raise LayerLRError(f"importance summary {path}: no such file (pass the .json summary of `speech-llama importance`)")
     try:
         summary = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LayerLRError(f"importance summary {path}: not valid JSON ({error})") from error
     layers = summary.get("layers") if isinstance(summary, dict) else None
     if not isinstance(layers, list):
@@ -107,10 +110,29 @@ def layer_coefficients(importance: Sequence[float], alpha: float, scheme: str = 
         raise LayerLRError(f"layer_lr_alpha must be a finite number >= 0, got {alpha}")
     values = torch.tensor(list(importance), dtype=torch.float64)
     if scheme == "minmax":
-        return _minmax(values, alpha)
-    if scheme == "power":
-        return _power(values, alpha)
-    return _softmax(values, alpha)
+        coefficients = _minmax(values, alpha)
+    elif scheme == "power":
+        coefficients = _power(values, alpha)
+    else:
+        coefficients = _softmax(values, alpha)
+    check_coefficients(coefficients, f"{scheme} with layer_lr_alpha {alpha}")
+    return coefficients
+
+
+def check_coefficients(coefficients: Sequence[float], what: str = "the coefficients") -> None:
+    """Every c_l must be a finite number > 0 (a NaN, infinite or zero rate would train nonsense or nothing).
+
+    Raises:
+        LayerLRError: naming the first bad layers and what to change.
+    """
+    bad = [(layer, c) for layer, c in enumerate(coefficients)
+           if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0]
+    if bad:
+        shown = ", ".join(f"c_{layer} = {c!r}" for layer, c in bad[:4]) + (" …" if len(bad) > 4 else "")
+        raise LayerLRError(
+            f"Eq. 3 ({what}) gives {len(bad)} learning-rate coefficient(s) that are not finite numbers > 0 ({shown}); "
+            "use a smaller layer_lr_alpha or the minmax scheme"
+        )
 
 
 def _minmax(values: torch.Tensor, alpha: float) -> list[float]:
@@ -130,6 +152,9 @@ def _power(values: torch.Tensor, alpha: float) -> list[float]:
 
 
 def _softmax(values: torch.Tensor, alpha: float) -> list[float]:
+    largest = float(values.abs().max())
+    if largest > 0:  # z is scale-free; scaling first keeps the mean and std of huge sums finite
+        values = values / largest
     std = float(values.std(unbiased=False))
     z = (values - values.mean()) / std if std > 0 else torch.zeros_like(values)
     return (len(values) * torch.softmax(-alpha * z, dim=0)).tolist()
@@ -235,6 +260,7 @@ __all__ = [
     "LayerLRSpec",
     "build_param_groups",
     "canonical_name",
+    "check_coefficients",
     "decoder_layer_index",
     "is_adaptor_parameter",
     "layer_coefficients",

@@ -25,10 +25,12 @@ import torch
 import transformers
 from transformers import PretrainedConfig, TrainerCallback, set_seed
 
-from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM, SpeechLlamaProcessor
+from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM
 from speech_llama.build import DTYPES
 from speech_llama.memory import reuse_freed_memory
+from speech_llama.remote_code import load_processor
 from trainers.arguments import DataArguments, ModelArguments, parse_args
+from trainers.checkpoints import resolve_resume
 from trainers.ctc_alignment import TranscriptCTCCollator
 from trainers.data import MixEpochCallback, build_collators, load_datasets
 from trainers.export import TrainingInfo, base_licences, base_model_reference, export_full, export_lora
@@ -58,9 +60,11 @@ def layer_lr_for(model_args: ModelArguments, config: SpeechLlamaConfig, learning
                          model_args.layer_lr_scheme, learning_rate)
 
 
-def load_for_training(model_args: ModelArguments):
+def load_for_training(model_args: ModelArguments, processor=None):
     """(model, processor) with Stage-1 freezing: encoder frozen, adaptor + LLM trainable (method adaptor:
-    the LLM frozen too); LoRA applied."""
+    the LLM frozen too); LoRA applied. The folder's own code runs only with `trust_remote_code`."""
+    if processor is None:
+        processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
     model = SpeechLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=DTYPES[model_args.model_dtype])
     if not model.config.freeze_encoder:
         logger.warning("config.freeze_encoder was False; Stage 1 keeps the Whisper encoder frozen")
@@ -71,7 +75,6 @@ def load_for_training(model_args: ModelArguments):
         model.language_model.requires_grad_(False)
     if model_args.method == "lora":
         model = apply_lora(model, lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout))
-    processor = SpeechLlamaProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     return model, processor
 
 
@@ -145,10 +148,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     setup_logging(training_args)
     set_seed(training_args.seed)
 
-    # Cheap checks first (config, importance summary, records), then the weights.
+    # Cheap checks first (checkpoint to resume from, config, importance summary, processor, records and every
+    # clip's length), then the weights.
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, training_args.save_only_model)
     spec = layer_lr_for(model_args, speech_llama_config(model_args.model_name_or_path), training_args.learning_rate)
-    train_dataset, eval_dataset = load_datasets(data_args, require_targets=model_args.alignment_loss == "lm")
-    model, processor = load_for_training(model_args)
+    processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
+    train_dataset, eval_dataset = load_datasets(data_args, require_targets=model_args.alignment_loss == "lm",
+                                                processor=processor)
+    model, processor = load_for_training(model_args, processor)
     if (training_args.bf16 or training_args.fp16) and upcast_trainable(model):
         logger.info("trainable weights upcast to fp32 (mixed precision keeps fp32 master weights)")
     train_collator, eval_collator = build_collators(processor, data_args, training_args.seed)
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         adaptor_lr=model_args.adaptor_lr,
         callbacks=[MixEpochCallback(train_collator)] * (model_args.alignment_loss == "lm") + list(callbacks or []),
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     info = training_info(model_args, data_args, training_args, trainer, spec, _last_logged_loss(trainer))
     output_dir = Path(training_args.output_dir)
     summary = {"output_dir": str(output_dir), "global_step": trainer.state.global_step,
-               "train_loss": result.training_loss}
+               "train_loss": result.training_loss, "resumed_from": resume}
     if model_args.method == "lora":
         adapter, final = export_lora(
             trainer, output_dir, info,
@@ -200,5 +207,17 @@ def _last_logged_loss(trainer) -> float | None:
     return losses[-1] if losses else None
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The script entry: bad input is one line on stderr (``trainers/run.py: error: …``), status 2."""
+    from speech_llama.commands import USER_ERRORS, one_line
+
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        print(f"trainers/run.py: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

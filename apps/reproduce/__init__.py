@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; pass a folder (new, or one a run wrote, to resume it)")
     name = "cpu-mini-fast" if args.fast and args.preset == "cpu-mini" else args.preset
     results = Reproduction(EXPERIMENT_PRESETS[name], args.out, progress=not args.no_progress).run()
     print(json.dumps({"hypotheses": {k: v["held"] for k, v in results["hypotheses"].items()}, "wall_s": results["wall_s"]}))

@@ -63,11 +63,24 @@ def load_records(
         RecordsError (a ValueError) naming the source, row and column of the first problem.
         FileNotFoundError when ``source`` is neither an existing path nor a Hub id.
     """
+    return load_located_records(source, split, max_samples, require_audio, require_answers)[0]
+
+
+def load_located_records(
+    source: str | os.PathLike,
+    split: str = "test",
+    max_samples: int | None = None,
+    require_audio: bool = False,
+    require_answers: bool = True,
+) -> tuple[datasets.Dataset, Locator]:
+    """:func:`load_records` plus a :class:`Locator`: ``locate(index, column)`` names record
+    ``index``'s place in the source (``"data.jsonl, line 7, column 'audio'"``), so a consumer
+    that checks values later (a clip's length) reports them as the loader does."""
     check_max_samples(max_samples)
     dataset, row_labels, source_name, base_dir = open_source(source, split, max_samples)
     if len(dataset) == 0:
         raise RecordsError(f"{source_name}: no records")
-    return normalize_columns(
+    return _normalize(
         dataset,
         source_name,
         max_samples=max_samples,
@@ -100,6 +113,20 @@ def normalize_columns(
     relative audio paths are resolved and audio files checked (local sources only);
     ``row_labels`` names rows in errors (``"line 7"`` for JSONL; default ``"row N"``).
     """
+    return _normalize(dataset, source_name, max_samples=max_samples, require_audio=require_audio,
+                      require_answers=require_answers, base_dir=base_dir, row_labels=row_labels)[0]
+
+
+def _normalize(
+    dataset: datasets.Dataset,
+    source_name: str,
+    *,
+    max_samples: int | None,
+    require_audio: bool,
+    require_answers: bool,
+    base_dir: str | os.PathLike | None,
+    row_labels: Sequence[str] | None,
+) -> tuple[datasets.Dataset, Locator]:
     check_max_samples(max_samples)
     layout = detect_layout(dataset.column_names, source_name)
     if row_labels is None:
@@ -119,19 +146,21 @@ def normalize_columns(
                 f"{source_name}: audio is required but there is no audio column (tried {AUDIO_COLUMNS}). "
                 f"Columns found: {dataset.column_names}"
             )
-        return records
+        return records, locate
     audio = audio_column(dataset, layout.audio, locate, base_dir)
     if require_audio:
         check_audio_present(audio, layout.audio, locate)
-    return datasets.concatenate_datasets([records, audio], axis=1)
+    return datasets.concatenate_datasets([records, audio], axis=1), Locator(source_name, row_labels, layout.audio)
 
 
 __all__ = [
     "AUDIO_FEATURE",
     "HUB_DATASET_KINDS",
     "Layout",
+    "Locator",
     "RecordsError",
     "detect_layout",
+    "load_located_records",
     "load_records",
     "normalize_columns",
 ]

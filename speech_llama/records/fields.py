@@ -20,11 +20,14 @@ TEXT_KEYS = ("content", "value", "text")
 class Locator:
     """Formats "<source>, <row>, column '<column>'" for error messages."""
 
-    def __init__(self, source_name: str, row_labels: Sequence[str]):
+    def __init__(self, source_name: str, row_labels: Sequence[str], audio_column: str | None = None):
         self.source_name = source_name
         self.row_labels = row_labels
+        self.audio_column = audio_column  # the source's name for the contract's "audio" column
 
     def __call__(self, index: int, column: str) -> str:
+        if column == "audio" and self.audio_column:
+            column = self.audio_column
         return f"{self.source_name}, {self.row_labels[index]}, column '{column}'"
 
 
