@@ -46,7 +46,7 @@ class FSDPSettings:
             ``_no_split_modules``).
         auto_wrap_policy: ``TRANSFORMER_BASED_WRAP`` | ``SIZE_BASED_WRAP`` | ``NO_WRAP``.
         reshard_after_forward: free the gathered parameters of a unit after its forward.
-        offload_params: keep the shards (and their gradients) in CPU memory.
+        offload_params: keep the shards (and their gradients) in CPU memory (training only).
         cpu_ram_efficient_loading: only rank 0 reads the weights; the others get them by broadcast.
         activation_checkpointing: ``fsdp_activation_checkpointing`` (used by training).
         state_dict_type: ``FULL_STATE_DICT`` | ``SHARDED_STATE_DICT``.
@@ -147,6 +147,22 @@ def wrap_classes(model: torch.nn.Module, settings: FSDPSettings) -> tuple[str, .
     return classes
 
 
+def check_sharding_settings(settings: FSDPSettings) -> None:
+    """What `shard_model` supports: FSDP2, per-layer wrapping, no parameter offload.
+
+    Raises:
+        FSDPError: naming the setting.
+    """
+    if settings.version != 2:
+        raise FSDPError(f"fsdp_version {settings.version}: this needs fsdp_version 2 (torch.distributed.fsdp.fully_shard)")
+    if settings.offload_params:
+        raise FSDPError("fsdp_offload_params is not supported by importance (the batches would stay on the CPU); "
+                        "set it to false or use more processes")
+    if settings.auto_wrap_policy != "TRANSFORMER_BASED_WRAP":
+        raise FSDPError(f"fsdp_auto_wrap_policy {settings.auto_wrap_policy} is not supported here: "
+                        "use TRANSFORMER_BASED_WRAP (one FSDP unit per decoder layer)")
+
+
 def shard_model(model: torch.nn.Module, settings: FSDPSettings, device: torch.device) -> dict[str, str]:
     """`fully_shard` every module of a wrap class (bottom-up), then the root; returns the units
     (module name → class name).
@@ -156,18 +172,13 @@ def shard_model(model: torch.nn.Module, settings: FSDPSettings, device: torch.de
     """
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    if settings.version != 2:
-        raise FSDPError(f"fsdp_version {settings.version}: this needs fsdp_version 2 (torch.distributed.fsdp.fully_shard)")
+    check_sharding_settings(settings)
     classes = set(wrap_classes(model, settings))
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     compute = MIXED_PRECISION[settings.mixed_precision]
-    kwargs = {
-        "mesh": mesh,
-        "mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32 if compute else None),
-        "offload_policy": CPUOffloadPolicy() if settings.offload_params and device.type != "cpu" else OffloadPolicy(),
-    }
+    kwargs = {"mesh": mesh, "mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32 if compute else None)}
     units = {name: type(module).__name__ for name, module in model.named_modules() if type(module).__name__ in classes}
     modules = dict(model.named_modules())
     for name in reversed(list(units)):  # bottom-up: inner units before the ones containing them
@@ -195,6 +206,7 @@ def load_sharded_model(model_dir: str | Path, settings: FSDPSettings, dtype: tor
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")
+    check_sharding_settings(settings)  # before minutes of loading
     rank = dist.get_rank()
     device = fsdp_device()
     broadcast = settings.cpu_ram_efficient_loading and dist.get_world_size() > 1
@@ -370,6 +382,7 @@ __all__ = [
     "FSDPSettings",
     "enable_fsdp_on_cpu",
     "fsdp_device",
+    "check_sharding_settings",
     "fsdp_settings",
     "init_fsdp_process_group",
     "is_sharded",
