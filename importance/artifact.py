@@ -9,15 +9,19 @@ JSON summary holds ``model``, ``input``, ``num_samples``, ``num_tokens``, ``redu
 analysed parameters outside the decoder layers, e.g. embeddings).
 
 Both files are written atomically (a temporary sibling renamed into place with ``os.replace``),
-so a reader never sees a half-written artifact.
+so a reader never sees a half-written artifact. A sharded (FSDP) estimate is written by
+`save_artifact_gathered`: one parameter at a time is gathered from the ranks and streamed into the
+file, so no rank ever holds more than one full tensor besides its shards.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from collections.abc import Iterator, Mapping
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,11 +61,20 @@ def summarize(importances: Mapping[str, torch.Tensor], num_layers: int) -> dict[
     Raises:
         ValueError: a parameter names a layer index ≥ ``num_layers``.
     """
+    return summarize_totals({name: tensor_total(tensor) for name, tensor in importances.items()}, num_layers)
+
+
+def tensor_total(tensor: torch.Tensor) -> float:
+    """Σ |importance| of one tensor, in float64."""
+    return float(tensor.detach().abs().sum(dtype=torch.float64))
+
+
+def summarize_totals(totals: Mapping[str, float], num_layers: int) -> dict[str, Any]:
+    """`summarize` from each parameter's Σ |importance| (``totals``: name → float)."""
     layers = [0.0] * num_layers
     modules: dict[str, list[float]] = {}
     other: dict[str, float] = {}
-    for name, tensor in importances.items():
-        total = float(tensor.detach().abs().sum(dtype=torch.float64))
+    for name, total in totals.items():
         located = layer_and_module(name)
         if located is None:
             other[name] = total
@@ -86,7 +99,26 @@ def build_summary(
     **extra: Any,
 ) -> dict[str, Any]:
     """The artifact's JSON summary (contract keys first, then ``extra``, e.g. skipped_batches)."""
-    sums = summarize(importances, num_layers)
+    totals = {name: tensor_total(tensor) for name, tensor in importances.items()}
+    return summary_from_totals(totals, int(sum(t.numel() for t in importances.values())), num_layers=num_layers,
+                               model=model, input=input, num_samples=num_samples, num_tokens=num_tokens,
+                               reduction=reduction, **extra)
+
+
+def summary_from_totals(
+    totals: Mapping[str, float],
+    num_parameters: int,
+    *,
+    num_layers: int,
+    model: str,
+    input: str,
+    num_samples: int,
+    num_tokens: int,
+    reduction: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """`build_summary` from each parameter's Σ |importance| and the number of analysed values."""
+    sums = summarize_totals(totals, num_layers)
     return {
         "model": model,
         "input": input,
@@ -96,7 +128,7 @@ def build_summary(
         "layers": sums["layers"],
         "modules": sums["modules"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "num_parameters": int(sum(t.numel() for t in importances.values())),
+        "num_parameters": int(num_parameters),
         "other": sums["other"],
         **extra,
     }
@@ -118,6 +150,92 @@ def save_artifact(path: str | os.PathLike, importances: Mapping[str, torch.Tenso
     atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
     atomic_write_json(json_path, dict(summary))
     return path
+
+
+def write_safetensors(path: str | os.PathLike, shapes: Mapping[str, tuple[int, ...]],
+                      tensors: Iterable[tuple[str, torch.Tensor]], metadata: Mapping[str, str]) -> None:
+    """Write an fp32 safetensors file tensor by tensor: the header (from ``shapes``) first, then each
+    tensor's bytes as ``tensors`` yields it, in the order of ``shapes``.
+
+    Raises:
+        ValueError: a tensor arrives out of order or with another shape than announced.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name, shape in shapes.items():
+        size = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data buffer starts 8-byte aligned
+    expected = iter(shapes.items())
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for name, tensor in tensors:
+            want, shape = next(expected, (None, None))
+            if name != want or tuple(tensor.shape) != tuple(shape):
+                raise ValueError(f"safetensors stream: got {name!r} {tuple(tensor.shape)}, expected {want!r} {shape}")
+            handle.write(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    missing = [name for name, _ in expected]
+    if missing:
+        raise ValueError(f"safetensors stream ended before {missing[:3]}")
+
+
+def save_artifact_gathered(
+    path: str | os.PathLike,
+    importances: Mapping[str, torch.Tensor],
+    summary_fields: Mapping[str, Any],
+    late_fields: Callable[[], Mapping[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """Write the artifact of a sharded (FSDP2) estimate; every rank must call it.
+
+    Each parameter's DTensor is gathered in turn (``full_tensor``, one all-gather per parameter, in
+    name order), written by rank 0 into `X.safetensors` and dropped before the next one, so a rank
+    holds its shards plus at most one full tensor. The per-layer sums come from the gathered tensors.
+
+    Args:
+        importances: name → DTensor (each rank's shard of |θ·g|).
+        summary_fields: `summary_from_totals` keyword arguments (num_layers, model, input, …).
+        late_fields: called on every rank after the tensors are written (it may use collectives,
+            e.g. gathering each rank's peak memory); its fields join the summary.
+    Returns:
+        The summary on rank 0, None on the other ranks.
+    """
+    import torch.distributed as dist
+
+    path = Path(path)
+    json_path = json_path_for(path)
+    rank = dist.get_rank()
+    names = sorted(importances)
+    shapes = {name: tuple(importances[name].shape) for name in names}
+    totals: dict[str, float] = {}
+
+    def gathered() -> Iterator[tuple[str, torch.Tensor]]:
+        for name in names:
+            full = importances[name].full_tensor()  # collective: every rank gathers, rank 0 keeps it
+            if rank == 0:
+                totals[name] = tensor_total(full)
+                yield name, full
+            del full
+
+    metadata = {"format": "speech-llama-importance", "reduction": str(summary_fields["reduction"]),
+                "input": str(summary_fields["input"])}
+    if rank == 0:
+        atomic_write(path, lambda temp: write_safetensors(temp, shapes, gathered(), metadata))
+    else:
+        for _ in gathered():
+            pass
+    extra = dict(late_fields()) if late_fields is not None else {}
+    if rank != 0:
+        return None
+    summary = summary_from_totals(totals, sum(math.prod(shape) for shape in shapes.values()),
+                                  **{**summary_fields, **extra})
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise ValueError(f"summary lacks the contract keys {missing}")
+    atomic_write_json(json_path, summary)
+    return summary
 
 
 @dataclass

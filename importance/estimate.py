@@ -21,6 +21,15 @@ Several processes (``accelerate launch`` / ``torchrun``): batch i goes to rank i
 accumulates its own batches, and the accumulators, token and sample counts are summed with one
 all-reduce per parameter at the end, so the result equals a single-process run on the same data
 (up to float summation order) for both reductions.
+
+Sharded (FSDP2, `speech_llama.fsdp.load_sharded_model`): the analysed parameters are DTensors and
+every rank holds 1/W of each. Every rank then reads every batch and back-propagates its own
+contiguous slice of the batch's rows; FSDP reduce-scatters (sums) the gradients, so each rank's
+hook receives its shard of ∇S_b for the whole batch b and adds θ·g (or |θ·g|) into a float32
+accumulator of its shard's size. Both reductions therefore keep their per-batch meaning. One
+all-reduce per batch sums the slices' losses and token counts: a non-finite sum skips the batch on
+every rank before backward. The result's importances stay sharded (`EstimateResult.sharded`); the
+artifact writer gathers them one tensor at a time.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from speech_llama.fsdp import is_sharded, local
+
 from .artifact import DEFAULT_PARAMS
 
 Reduction = Literal["mean", "abs_per_batch"]
@@ -49,11 +60,13 @@ class EstimateResult:
     """What one estimation produced (identical on every rank after the all-reduce).
 
     Attributes:
-        importances: name → fp32 tensor of the parameter's shape, |θ·∂L/∂θ| ≥ 0.
+        importances: name → fp32 tensor of the parameter's shape, |θ·∂L/∂θ| ≥ 0 (sharded runs:
+            DTensors, each rank holding its shard).
         num_tokens: N, response tokens of the batches that were used.
         num_samples: records of the batches that were used.
         skipped_batches: batches dropped for a non-finite loss.
         seconds: wall time of the forward/backward loop on this rank.
+        sharded: the importances are FSDP-sharded DTensors.
     """
 
     importances: dict[str, torch.Tensor]
@@ -62,6 +75,12 @@ class EstimateResult:
     skipped_batches: int
     seconds: float = 0.0
     skipped_at: list[int] = field(default_factory=list)
+    sharded: bool = False
+
+    @property
+    def local_elements(self) -> int:
+        """Accumulator elements this rank holds (all of them unless sharded)."""
+        return sum(local(tensor).numel() for tensor in self.importances.values())
 
 
 def select_parameters(model: torch.nn.Module, pattern: str = DEFAULT_PARAMS) -> dict[str, torch.nn.Parameter]:
@@ -145,14 +164,16 @@ class ImportanceAccumulator:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.params = dict(params)
         self.reduction = reduction
+        # zeros_like of a DTensor parameter is a DTensor with the same layout: one shard per rank.
         self.sums = {name: torch.zeros_like(param, dtype=torch.float32) for name, param in self.params.items()}
         self._handles: list[Any] = []
 
     def _hook(self, accumulator: torch.Tensor):
         signed = self.reduction == "mean"
+        accumulator = local(accumulator)  # an FSDP2 parameter's hook sees its shard: add into ours
 
         def hook(param: torch.Tensor) -> None:
-            grad, value = param.grad, param.detach()
+            grad, value = local(param.grad), local(param.detach())
             if grad.dtype == torch.float32 and value.dtype == torch.float32:
                 if signed:
                     accumulator.addcmul_(value, grad)  # fused: no temporary of the parameter's size
@@ -222,6 +243,31 @@ def load_slice(source, split: str = "test", skip: int = 0, max_samples: int | No
     return records.select(range(skip, len(records))) if skip else records
 
 
+def batch_rows(batch: Mapping[str, torch.Tensor], rank: int, world: int) -> tuple[dict[str, torch.Tensor], bool]:
+    """This rank's contiguous slice of a collated batch's rows (`torch.tensor_split` over ``world``).
+
+    Returns (the slice, whether it holds real rows). A rank left without rows (a batch smaller than
+    the number of processes) gets a copy of the first row with every label −100: it still runs
+    forward and backward (FSDP's collectives need every rank), and adds neither loss nor tokens.
+
+    Raises:
+        ValueError: the batch's speech clips are not one per row.
+    """
+    size = batch["input_ids"].shape[0]
+    rows = torch.tensor_split(torch.arange(size), world)[rank]
+    if rows.numel() == 0:
+        dummy = {key: value[:1] for key, value in batch.items()}
+        dummy["labels"] = torch.full_like(dummy["labels"], -100)
+        return dummy, False
+    sliced = {}
+    for key, value in batch.items():
+        if value.shape[0] != size:
+            raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows for {size} records; sharded importance "
+                             "splits batches by row and needs one speech clip per record")
+        sliced[key] = value[rows[0] : rows[-1] + 1]
+    return sliced, True
+
+
 def _records_slice(records, start: int, stop: int):
     """records[start:stop] as something `iterate_batches` accepts (Dataset or list)."""
     if hasattr(records, "select"):
@@ -261,16 +307,23 @@ def estimate_importance(
     Args:
         model: the model (any causal LM taking a `QACollator` batch).
         batches: (batch index, records in it, batch) triples, e.g. from `sharded_batches`.
+            Sharded model (FSDP2): every rank must be given every batch (``sharded_batches(…, 0, 1)``);
+            each back-propagates its slice of the rows (`batch_rows`).
         params: name → parameter to analyse (`select_parameters`); the others are frozen
             during the call and restored afterwards.
         reduction: ``mean`` or ``abs_per_batch``.
         progress: show a progress bar with tokens/s (rank 0 only).
     Returns:
-        `EstimateResult`, summed over ranks when a process group is initialised.
+        `EstimateResult`, summed over ranks when a process group is initialised (sharded: each
+        rank's importances are its shards).
     Raises:
         ValueError: every batch was skipped or held no response token.
     """
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    sharded = any(is_sharded(param) for param in params.values())
+    if sharded and not all(is_sharded(param) for param in params.values()):
+        raise ValueError("some analysed parameters are FSDP-sharded and some are not; shard the whole model")
     num_tokens = num_samples = 0
     skipped: list[int] = []
     started = time.perf_counter()
@@ -278,12 +331,22 @@ def estimate_importance(
         bar = tqdm(batches, total=total_batches, desc=f"importance ({reduction})", disable=not progress or rank != 0)
         seen_tokens = 0
         for index, size, batch in bar:
+            if sharded:
+                batch, _ = batch_rows(batch, rank, world)
             loss_sum, tokens = differentiable_response_nll(model, batch)
             seen_tokens += int(batch["attention_mask"].sum())
-            if not torch.isfinite(loss_sum):
+            if sharded:
+                # The batch's loss and tokens are the sum of the ranks' slices; one verdict for all ranks.
+                totals = torch.tensor([float(loss_sum.detach()), float(tokens)], dtype=torch.float64,
+                                      device=loss_sum.device)
+                dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+                batch_loss, tokens = totals[0], int(totals[1])
+            else:
+                batch_loss = loss_sum
+            if not torch.isfinite(batch_loss):
                 # Dropped before backward: no hook fires, so nothing of this batch is added.
                 skipped.append(index)
-                bar.write(f"importance: batch {index} has a non-finite loss ({float(loss_sum.detach())}); skipped")
+                bar.write(f"importance: batch {index} has a non-finite loss ({float(batch_loss.detach())}); skipped")
                 continue
             loss_sum.backward()
             num_tokens += tokens
@@ -297,13 +360,15 @@ def estimate_importance(
         skipped_batches=len(skipped),
         seconds=time.perf_counter() - started,
         skipped_at=skipped,
+        sharded=sharded,
     )
-    _all_reduce_sum(result)
+    if not sharded:  # sharded: FSDP summed the gradients, and every rank counted every batch
+        _all_reduce_sum(result)
     if result.num_tokens == 0:
         raise ValueError(
             f"no usable response tokens: {result.skipped_batches} batch(es) skipped for a non-finite loss, "
             "the rest held no labelled tokens"
         )
     for tensor in result.importances.values():
-        tensor.div_(result.num_tokens).abs_()
+        local(tensor).div_(result.num_tokens).abs_()
     return result

@@ -10,7 +10,9 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .artifact import DEFAULT_PARAMS, build_summary, save_artifact
+from speech_llama.fsdp import is_sharded
+
+from .artifact import DEFAULT_PARAMS, build_summary, save_artifact, save_artifact_gathered
 from .estimate import EstimateResult, Reduction, estimate_importance, select_parameters, sharded_batches
 
 # (batches, number of them on this rank) → the same batches, e.g. reporting progress as they pass.
@@ -34,6 +36,7 @@ def estimate_and_save(
     world: int = 1,
     progress: bool = False,
     wrap_batches: BatchesWrapper | None = None,
+    late_fields: Callable[[EstimateResult], dict] | None = None,
     **extra,
 ) -> tuple[EstimateResult, dict | None]:
     """Estimate the importance of the ``params`` of ``model`` on ``records`` and, on rank 0, write
@@ -45,7 +48,10 @@ def estimate_and_save(
         out: the ``X.safetensors`` path (``X.json`` is written beside it).
         model_name, data: what the summary names as the model and the data.
         input: ``text`` (T2T prompts) or ``speech`` (S2T prompts).
-        rank, world: this process and the number of processes (each takes batches i ≡ rank mod world).
+        rank, world: this process and the number of processes (each takes batches i ≡ rank mod world;
+            a sharded (FSDP2) model: every rank takes every batch and its slice of the rows).
+        late_fields: sharded runs: called with the estimate on every rank once the tensors are
+            written; its fields join the summary (e.g. each rank's peak memory).
         extra: more summary fields (e.g. ``skip``).
     Returns:
         (the estimate, the summary written — None on ranks other than 0).
@@ -53,16 +59,15 @@ def estimate_and_save(
     from speech_llama.collate import QACollator
 
     collator = QACollator(processor, input=input, max_length=max_length)
-    total = len(range(rank, math.ceil(len(records) / batch_size), world))
-    batches = sharded_batches(records, collator, batch_size, rank, world)
+    selected = select_parameters(model, params)
+    sharded = any(is_sharded(param) for param in selected.values())
+    first, step = (0, 1) if sharded else (rank, world)  # sharded: all batches, a slice of rows each
+    total = len(range(first, math.ceil(len(records) / batch_size), step))
+    batches = sharded_batches(records, collator, batch_size, first, step)
     if wrap_batches is not None:
         batches = wrap_batches(batches, total)
-    result = estimate_importance(model, batches, select_parameters(model, params), reduction=reduction,
-                                 progress=progress, total_batches=total)
-    if rank != 0:
-        return result, None
-    summary = build_summary(
-        result.importances,
+    result = estimate_importance(model, batches, selected, reduction=reduction, progress=progress, total_batches=total)
+    fields = dict(
         num_layers=model.config.text_config.num_hidden_layers,
         model=model_name,
         input=input,
@@ -78,5 +83,11 @@ def estimate_and_save(
         seconds=round(result.seconds, 1),
         **extra,
     )
+    if sharded:
+        late = (lambda: late_fields(result)) if late_fields is not None else None
+        return result, save_artifact_gathered(out, result.importances, fields, late)
+    if rank != 0:
+        return result, None
+    summary = build_summary(result.importances, **fields)
     save_artifact(out, result.importances, summary)
     return result, summary

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .memory import reuse_freed_memory
+from .memory import choose_freed_memory_policy
 
 # command → (module, help)
 CommandTable = Mapping[str, tuple[str, str]]
@@ -61,7 +61,7 @@ def run_parsed(args: argparse.Namespace) -> Any:
 def main(prog: str, commands: CommandTable, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Parse and run one command; bad input is reported as ``PROG COMMAND: error: …`` (status 2)."""
     args = parse(prog, commands, sys.argv[1:] if argv is None else argv, description)
-    reuse_freed_memory()
+    choose_freed_memory_policy()
     try:
         run_parsed(args)
     except USER_ERRORS as error:

@@ -18,6 +18,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from speech_llama.build import DTYPES
 
+from speech_llama.fsdp import fsdp_settings
+
 from .layer_lr import SCHEMES, LayerLRError
 from .trainer import refuse_deepspeed_optimizer
 
@@ -231,6 +233,10 @@ def _check_before_training_arguments(values: dict[str, Any]) -> None:
         refuse_deepspeed_optimizer(values.get("deepspeed"), reason)
     if values.get("fp16"):
         logger.warning("fp16 training of LLaMA-Omni Stage 1 is reported to give NaN losses; prefer bf16 (GPU) or fp32")
+    mix = values.get("mix_text_ratio") or 0
+    if 0 < float(mix) < 1 and (fsdp_settings() is not None or values.get("fsdp")):
+        raise ArgumentsError(f"mix_text_ratio {mix} cannot be used under FSDP: a rank whose batch holds no speech row "
+                             "skips the encoder's all-gathers while the others wait for them; use 0 (speech) or 1 (text)")
 
 
 __all__ = ["ArgumentsError", "DataArguments", "METHODS", "ModelArguments", "cli_overrides", "coerce_types", "parse_args", "read_config"]

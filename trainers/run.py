@@ -27,7 +27,7 @@ from transformers import PretrainedConfig, TrainerCallback, set_seed
 
 from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM
 from speech_llama.build import DTYPES
-from speech_llama.memory import reuse_freed_memory
+from speech_llama.memory import choose_freed_memory_policy
 from speech_llama.remote_code import load_processor
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.checkpoints import resolve_resume
@@ -143,7 +143,7 @@ def training_info(model_args, data_args, training_args, trainer, spec, train_los
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Train, export and (with eval data) evaluate; returns a summary (paths, loss, steps)."""
     model_args, data_args, training_args = parse_args(argv)
-    reuse_freed_memory()
+    choose_freed_memory_policy()
     adjust_training_arguments(training_args, data_args)
     setup_logging(training_args)
     set_seed(training_args.seed)

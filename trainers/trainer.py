@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_optimizer import is_optimizer_factory
+
+from speech_llama.fsdp import enable_fsdp_on_cpu
 
 from .ctc_alignment import CTC_TARGETS, ctc_alignment_loss
 from .layer_lr import LayerLRSpec, build_param_groups, write_layer_lr_json
@@ -87,6 +89,46 @@ class SpeechLlamaTrainer(Trainer):
             raise ValueError(f"layer_lr.base_lr ({layer_lr.base_lr}) differs from learning_rate ({self.args.learning_rate})")
         if self.uses_group_rates:
             refuse_deepspeed_optimizer(self.args.deepspeed, self._group_rate_reason())
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """`Trainer`'s accelerator; under an FSDP launch on CPU processes, switched to FSDP2.
+
+        accelerate 1.15 ignores an FSDP config on CPU (it would wrap the model in DDP);
+        `speech_llama.fsdp.enable_fsdp_on_cpu` installs the launcher's FSDP2 plugin instead, so the
+        CPU recipe runs the same sharding, checkpoint and export code as GPUs do.
+        """
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+            if self.accelerator.state.fsdp_plugin.activation_checkpointing and self.args.activation_checkpointing:
+                raise ValueError("fsdp_activation_checkpointing and activation_checkpointing are both on; keep one "
+                                 "(FSDP's, in the accelerate config)")
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`Trainer._save`; under FSDP2 the remote code saved is the model's, not FSDP's wrapper class.
+
+        `fully_shard` swaps the model's class for a generated ``FSDP<Class>`` defined in torch; the
+        remote-code copy of `save_pretrained` would then copy torch's FSDP sources into the folder and
+        map `AutoModelForCausalLM` to them. The copy is skipped for the wrapper class, and the
+        project's own remote-code files and auto_map are written instead.
+        """
+        wrapper = type(self.model)
+        original = _unsharded_class(wrapper)
+        if original is wrapper or not isinstance(self.model, PreTrainedModel) or original._auto_class is None:
+            return super()._save(output_dir, state_dict)
+        shadowed = "_auto_class" in wrapper.__dict__
+        previous = wrapper.__dict__.get("_auto_class")
+        wrapper._auto_class = None  # save_pretrained: no custom_object_save of the wrapper class
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            if shadowed:
+                wrapper._auto_class = previous
+            else:
+                del wrapper._auto_class
+        if self.args.should_save:
+            folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+            save_remote_code(original, folder)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The answer loss of the model; for CTC-alignment batches (`trainers.ctc_alignment`) their CTC loss."""
@@ -176,6 +218,32 @@ class SpeechLlamaTrainer(Trainer):
                     logs["adaptor_learning_rate"] = group["lr"]
                     break
         super().log(logs, *args, **kwargs)
+
+
+def _unsharded_class(cls: type) -> type:
+    """The model's own class behind FSDP2's generated ``FSDP<Class>`` (``cls`` itself when not sharded)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return cls
+    return next((base for base in cls.__mro__ if not issubclass(base, FSDPModule)), cls)
+
+
+def save_remote_code(model_class: type, folder: Path) -> None:
+    """Copy the file defining ``model_class`` (and its relative imports) into ``folder`` and map every
+    auto class of its config.json to the project's classes."""
+    import shutil
+    import sys
+
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    from speech_llama.build import ensure_auto_map
+
+    source = sys.modules[model_class.__module__].__file__
+    for file in (source, *get_relative_import_files(source)):
+        shutil.copyfile(file, folder / Path(file).name)
+    if (folder / "config.json").is_file():
+        ensure_auto_map(folder)
 
 
 __all__ = ["DeepSpeedOptimizerError", "SpeechLlamaTrainer", "deepspeed_optimizer_block", "refuse_deepspeed_optimizer"]
