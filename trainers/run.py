@@ -105,10 +105,29 @@ def adjust_training_arguments(training_args, data_args: DataArguments) -> None:
         training_args.resume_from_checkpoint = True
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to ``sys.stderr`` as it is at each record.
+
+    A run started in-process (``reproduce``, tests) would otherwise keep logging into the stderr of
+    the first caller after that stream has been closed (transformers propagates to the root logger
+    when ``CI`` is set).
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(training_args) -> None:
     """INFO on the main process (group rates, coefficients), warnings elsewhere."""
     level = logging.INFO if training_args.should_log else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    handler = CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler], level=level, force=True)
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
 
