@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .memory import choose_freed_memory_policy
@@ -58,16 +58,21 @@ def run_parsed(args: argparse.Namespace) -> Any:
     return importlib.import_module(args._module).run(args)
 
 
-def main(prog: str, commands: CommandTable, argv: Sequence[str] | None = None, description: str | None = None) -> int:
-    """Parse and run one command; bad input is reported as ``PROG COMMAND: error: …`` (status 2)."""
-    args = parse(prog, commands, sys.argv[1:] if argv is None else argv, description)
-    choose_freed_memory_policy()
+def exit_status(where: str, work: Callable[[], Any]) -> int:
+    """Run `work`; bad input becomes one line ``WHERE: error: …`` on stderr and status 2, success 0."""
     try:
-        run_parsed(args)
+        work()
     except USER_ERRORS as error:
-        print(f"{prog} {args.command}: error: {one_line(error)}", file=sys.stderr)
+        print(f"{where}: error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
 
-__all__ = ["USER_ERRORS", "build_parser", "main", "one_line", "parse", "run_parsed"]
+def main(prog: str, commands: CommandTable, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """Parse and run one command; bad input is reported as ``PROG COMMAND: error: …`` (status 2)."""
+    args = parse(prog, commands, sys.argv[1:] if argv is None else argv, description)
+    choose_freed_memory_policy()
+    return exit_status(f"{prog} {args.command}", lambda: run_parsed(args))
+
+
+__all__ = ["USER_ERRORS", "build_parser", "exit_status", "main", "one_line", "parse", "run_parsed"]

@@ -24,10 +24,10 @@ from evaluate_metrics import load_metric
 from .audio import SAMPLE_RATE, read_audio
 from .batching import continuous_greedy_answers
 from .files import atomic_write_json, write_jsonl
-from .corpus.texts import normalized
 from .generate import TRANSCRIPT_INSTRUCTION, load_model
 from .records import Locator, load_located_records
 from .remote_code import add_trust_argument, load_processor
+from .text import normalized
 
 TASKS = ("t2t", "s2t", "cascade", "readback")
 LISTENING_TASKS = ("s2t", "cascade", "readback")

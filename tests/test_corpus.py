@@ -37,7 +37,6 @@ from speech_llama.corpus.texts import (
     frequent_words,
     generate_replies,
     llm_prompts,
-    normalized,
 )
 from speech_llama.corpus.voices import (
     HELD_OUT_SPEAKER,
@@ -50,6 +49,7 @@ from speech_llama.corpus.voices import (
     training_voices,
     voice_named,
 )
+from speech_llama.text import normalized
 from speech_llama.files import read_jsonl, write_jsonl
 
 FAST_VOICES = ["flite-awb", "flite-rms"]  # flite: ~50 ms a clip

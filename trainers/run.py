@@ -228,14 +228,9 @@ def _last_logged_loss(trainer) -> float | None:
 
 def cli(argv: list[str] | None = None) -> int:
     """The script entry: bad input is one line on stderr (``trainers/run.py: error: …``), status 2."""
-    from speech_llama.commands import USER_ERRORS, one_line
+    from speech_llama.commands import exit_status
 
-    try:
-        main(argv)
-    except USER_ERRORS as error:
-        print(f"trainers/run.py: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("trainers/run.py", lambda: main(argv))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def ctc_word_error_rate(model, tokenizer, clips: list[CachedClip], batch_size: i
     """WER of the adaptor's own best-path CTC transcripts (no LLM) against the clips' texts."""
     import jiwer
 
-    from speech_llama.corpus.texts import normalized
+    from speech_llama.text import normalized
 
     hypotheses = []
     model.adaptor.eval()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from speech_llama.files import atomic_write_json
+from speech_llama.text import normalized
 
 TOPICS = (
     "animals", "birds", "insects", "fish and the sea", "the ocean", "rivers and lakes", "mountains", "volcanoes",
@@ -42,11 +43,6 @@ SENTENCE_TEMPLATE = 'Write one simple sentence using the word "{word}". Reply wi
 META_WORDS = re.compile(r"\b(question|sentence|curious person|reply|here is|here's|word)\b", re.IGNORECASE)
 PLAIN_TEXT = re.compile(r"^[A-Za-z][A-Za-z ,'\-]*[A-Za-z][.?!]?$")
 MIN_WORDS, MAX_WORDS = 4, 20
-
-
-def normalized(text: str) -> str:
-    """Lowercase words only: the form under which two texts count as the same item."""
-    return " ".join(re.findall(r"[a-z']+", text.lower()))
 
 
 def clean_generated(text: str) -> str | None:
