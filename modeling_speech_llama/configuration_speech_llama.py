@@ -37,6 +37,9 @@ class SpeechLlamaConfig(PretrainedConfig):
         adaptor_collapse_repeats (`bool`, *optional*, defaults to `False`):
             Embedding mixture only: frames whose best token is the blank or repeats the previous frame's
             read `blank_embedding`, so each CTC segment reaches the LLM once (best-path collapse, N kept).
+        adaptor_learned_blank (`bool`, *optional*, defaults to `False`):
+            Score the CTC blank against a learned direction `blank_query` instead of the `<speech>` row of the
+            embeddings (that row is close to the mean embedding, so under the cosine head the blank never wins).
 
     Example:
 
@@ -61,6 +64,7 @@ class SpeechLlamaConfig(PretrainedConfig):
         adaptor_logit_scale: float = 30.0,
         adaptor_mixture_temperature: float = 1.0,
         adaptor_collapse_repeats: bool = False,
+        adaptor_learned_blank: bool = False,
         **kwargs,
     ):
         self.encoder_config = _as_config(encoder_config, default_model_type="whisper")
@@ -76,6 +80,7 @@ class SpeechLlamaConfig(PretrainedConfig):
         self.adaptor_logit_scale = adaptor_logit_scale
         self.adaptor_mixture_temperature = adaptor_mixture_temperature
         self.adaptor_collapse_repeats = adaptor_collapse_repeats
+        self.adaptor_learned_blank = adaptor_learned_blank
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 

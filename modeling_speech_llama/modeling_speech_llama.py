@@ -39,6 +39,7 @@ class SpeechAdaptor(nn.Module):
       `<speech>` id is the CTC blank; its share of the mass goes to the learned `blank_embedding`
       (zeros at init), so a blank frame reads as almost nothing. Inputs stay on the LLM's own
       token-embedding manifold.
+    With `config.adaptor_learned_blank` the blank logit is s · cos(h, q) for a learned `blank_query` q.
     """
 
     def __init__(self, config: SpeechLlamaConfig):
@@ -56,6 +57,10 @@ class SpeechAdaptor(nn.Module):
         self.linear_2 = nn.Linear(config.adaptor_hidden_size, config.text_config.hidden_size)
         if self.output_mode == "embedding_mixture":
             self.blank_embedding = nn.Parameter(torch.zeros(config.text_config.hidden_size))
+        if getattr(config, "adaptor_learned_blank", False):
+            if self.blank_id is None:
+                raise ValueError("adaptor_learned_blank=True needs speech_token_id (the CTC blank)")
+            self.blank_query = nn.Parameter(torch.randn(config.text_config.hidden_size) / config.text_config.hidden_size**0.5)
 
     def project(self, encoder_states: torch.Tensor) -> torch.Tensor:
         """(B, T_enc, d_enc) → (B, ⌊T_enc / k⌋, d_llm) MLP output; trailing frames that do not fill a group are dropped."""
@@ -66,7 +71,11 @@ class SpeechAdaptor(nn.Module):
 
     def token_logits(self, projected: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
         """(…, d_llm) MLP output × (V, d_llm) token embeddings → (…, V) scaled cosine logits (fp32)."""
-        cosine = nn.functional.normalize(projected.float(), dim=-1) @ nn.functional.normalize(token_embeddings.float(), dim=-1).T
+        direction = nn.functional.normalize(projected.float(), dim=-1)
+        cosine = direction @ nn.functional.normalize(token_embeddings.float(), dim=-1).T
+        if hasattr(self, "blank_query"):
+            blank = direction @ nn.functional.normalize(self.blank_query.float(), dim=0)
+            cosine = cosine.index_copy(-1, torch.tensor([self.blank_id], device=cosine.device), blank.unsqueeze(-1))
         return self.logit_scale * cosine
 
     def mixture(self, logits: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
@@ -175,6 +184,8 @@ class SpeechLlamaPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(linear.bias)
             if hasattr(module, "blank_embedding"):
                 nn.init.zeros_(module.blank_embedding)
+            if hasattr(module, "blank_query"):
+                nn.init.normal_(module.blank_query, mean=0.0, std=std)
         elif not isinstance(module, SpeechLlamaPreTrainedModel):
             super()._init_weights(module)
 

@@ -201,3 +201,46 @@ def test_collapse_repeats_reads_each_ctc_segment_once():
         assert torch.allclose(out[frame], expected, atol=1e-4), frame
     adaptor.collapse_repeats = False
     assert torch.allclose(adaptor.mixture(logits, embeddings)[0, 1], embeddings[1], atol=1e-4)
+
+
+def test_learned_blank_scores_the_blank_against_blank_query(tiny_model_dir):
+    """With adaptor_learned_blank the blank logit is s·cos(h, q); every other logit is unchanged."""
+    plain = mixture_model(tiny_model_dir)
+    learned = mixture_model(tiny_model_dir, adaptor_learned_blank=True)
+    assert not hasattr(plain.adaptor, "blank_query")
+    adaptor, embeddings = learned.adaptor, learned.get_input_embeddings().weight.detach()
+    blank = learned.config.speech_token_id
+    query = torch.randn(embeddings.shape[1], generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        adaptor.blank_query.copy_(query)
+        projected = adaptor.project(encoder_like_states(learned, frames=10))
+        logits = adaptor.token_logits(projected, embeddings)
+        reference = plain.adaptor.token_logits(projected, embeddings)
+    h = projected.double() / projected.double().norm(dim=-1, keepdim=True)
+    expected_blank = adaptor.logit_scale * (h @ (query.double() / query.double().norm()))
+    torch.testing.assert_close(logits[..., blank].double(), expected_blank, atol=1e-5, rtol=0)
+    others = torch.ones(embeddings.shape[0], dtype=torch.bool)
+    others[blank] = False
+    torch.testing.assert_close(logits[..., others], reference[..., others])
+    constant_projection(adaptor, query)  # every frame points at q: the blank wins
+    with torch.no_grad():
+        best = adaptor.token_logits(adaptor.project(encoder_like_states(learned, frames=10)), embeddings).argmax(-1)
+    assert (best == blank).all()
+
+
+def test_learned_blank_needs_the_blank_id_and_round_trips(tiny, tiny_model_dir, tmp_path):
+    from modeling_speech_llama.modeling_speech_llama import SpeechAdaptor
+    from transformers import LlamaConfig, WhisperConfig
+
+    config = SpeechLlamaConfig(encoder_config=WhisperConfig(d_model=8).to_dict(),
+                               text_config=LlamaConfig(hidden_size=4, vocab_size=6, num_attention_heads=1,
+                                                       num_key_value_heads=1).to_dict(),
+                               adaptor_downsample=1, adaptor_learned_blank=True)
+    with pytest.raises(ValueError, match="adaptor_learned_blank=True needs speech_token_id"):
+        SpeechAdaptor(config)
+    _, processor = tiny
+    model = mixture_model(tiny_model_dir, adaptor_learned_blank=True)
+    folder = save_model_folder(model, processor, tmp_path / "learned-blank", BuildInfo(llm="tiny", encoder="tiny"))
+    loaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert loaded.config.adaptor_learned_blank is True
+    assert torch.equal(loaded.adaptor.blank_query, model.adaptor.blank_query)

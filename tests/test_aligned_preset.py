@@ -1,0 +1,76 @@
+"""The `offline-mini-aligned` build (trainers/aligned_preset.py) end to end on a tiny cached corpus."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import speech_llama.presets as presets
+from speech_llama.files import write_jsonl
+from speech_llama.generate import load_model
+from trainers import aligned_preset
+from trainers.aligned_preset import ALIGNED_ADAPTOR, AlignedRecipe, build_aligned_offline_mini, read_blanks_as_space
+from trainers.speech_alignment import AlignmentSettings
+from trainers.speech_distillation import DistillationSettings
+
+TEXTS = ["Who wrote Hamlet?", "Name a red fruit.", "Birds fly south.", "The sun is hot.", "A dog ran home.",
+         "Bees make honey."]
+
+
+def tiny_corpus(root, width: int):
+    """train / dev / heldout splits of cached encoder states (random: the build's plumbing is under test)."""
+    rng = np.random.default_rng(0)
+    splits = {"train": TEXTS, "dev": TEXTS[:2], "heldout": TEXTS[2:4]}
+    for split, texts in splits.items():
+        (root / split / "features").mkdir(parents=True)
+        rows = []
+        for index, text in enumerate(texts):
+            np.save(root / split / "features" / f"{index}.npy", rng.standard_normal((60, width)).astype(np.float16))
+            rows.append({"question": text, "features": f"features/{index}.npy"})
+        write_jsonl(root / split / "data.jsonl", rows)
+    (root / "corpus.json").write_text(json.dumps({"splits": {s: {"clips": len(t)} for s, t in splits.items()}}))
+    return root
+
+
+RECIPE = AlignedRecipe(
+    alignment=AlignmentSettings(steps=3, batch_size=2, learning_rate=1e-2, warmup_steps=1, checkpoint_every=1,
+                                eval_every=100, bf16=False),
+    distillation=DistillationSettings(steps=2, batch_size=2, checkpoint_every=1, max_response_tokens=4, bf16=False),
+    distillation_clips=4,
+)
+
+
+def test_blank_frames_start_as_the_space_embedding(tiny):
+    from modeling_speech_llama import SpeechLlamaForCausalLM
+
+    model, processor = tiny
+    mixture = SpeechLlamaForCausalLM(model.config.__class__(**{**model.config.to_dict(), **ALIGNED_ADAPTOR}))
+    read_blanks_as_space(mixture, processor.tokenizer)
+    space = processor.tokenizer(" ", add_special_tokens=False)["input_ids"][0]
+    assert torch.equal(mixture.adaptor.blank_embedding, mixture.get_input_embeddings().weight[space])
+
+
+def test_build_aligns_distils_exports_and_reuses(tiny, tiny_model_dir, tmp_path, monkeypatch):
+    model, _ = tiny
+    corpus = tiny_corpus(tmp_path / "corpus", model.config.encoder_config.d_model)
+    monkeypatch.setattr(presets, "offline_mini_dir", lambda: tiny_model_dir)
+    folder = build_aligned_offline_mini(tmp_path / "work", corpus, RECIPE, progress=False)
+
+    built, _ = load_model(folder)
+    for key, value in ALIGNED_ADAPTOR.items():
+        assert getattr(built.config, key) == value, key
+    summary = json.loads((tmp_path / "work" / "alignment.json").read_text())
+    assert summary["recipe"]["alignment"]["steps"] == 3 and summary["recipe"]["distillation"]["steps"] == 2
+    assert {"aligned_dev_ctc_wer", "dev_ctc_wer", "heldout_ctc_wer"} <= summary.keys()
+    assert (tmp_path / "work" / "teacher-responses.jsonl").is_file()
+    base, _ = load_model(tiny_model_dir)
+    assert all(torch.equal(built.language_model.state_dict()[k], v) for k, v in base.language_model.state_dict().items())
+    readme = (folder / "README.md").read_text()
+    assert "DiVA-style distillation" in readme and "held-out speaker" in readme
+
+    # A second build returns the cached folder without training.
+    monkeypatch.setattr(aligned_preset, "train_alignment", lambda *a, **k: pytest.fail("trained again"))
+    assert build_aligned_offline_mini(tmp_path / "work", corpus, RECIPE, progress=False) == folder
