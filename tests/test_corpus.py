@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -124,9 +125,17 @@ def test_festival_speaks_a_batch_in_one_process_like_one_at_a_time():
 
 
 def test_piper_voice_options_change_the_speaking_rate():
-    slow = speak(voice_named("piper-joe-slow"), "Rivers flow to the sea.")  # length_scale 1.2
-    fast = speak(voice_named("piper-joe-fast"), "Rivers flow to the sea.")  # length_scale 0.85
-    assert slow.dtype == np.float32 and np.abs(slow).max() <= 1.0 and np.abs(fast).max() <= 1.0
+    slow_voice, fast_voice = voice_named("piper-joe-slow"), voice_named("piper-joe-fast")
+    for voice in (slow_voice, fast_voice):
+        clip = speak(voice, "Rivers flow to the sea.")
+        assert clip.dtype == np.float32 and 0 < np.abs(clip).max() <= 1.0
+    # Piper draws its durations at random (noise_w_scale; the fast voice's 1.0 moved the ratio below
+    # 1.2 in one CI-like run): the rate itself is compared with that noise off.
+    def steady(voice):
+        return dataclasses.replace(voice, options={**voice.options, "noise_w_scale": 0.0})
+
+    slow = speak(steady(slow_voice), "Rivers flow to the sea.")  # length_scale 1.2
+    fast = speak(steady(fast_voice), "Rivers flow to the sea.")  # length_scale 0.85
     assert len(slow) > 1.2 * len(fast)
 
 
