@@ -22,13 +22,20 @@ _M_MMAP_THRESHOLD = -3
 _LARGE = 1 << 30
 
 
+def _glibc_mallopt():
+    """glibc's `mallopt`, or None off Linux / off glibc (musl, …)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 def reuse_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds to 1 GiB; returns False (and changes nothing) elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (musl, …)
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _LARGE)) and bool(mallopt(_M_TRIM_THRESHOLD, _LARGE))
 
@@ -44,11 +51,8 @@ def release_freed_memory() -> bool:
     blocks of those sizes (`reuse_freed_memory`, or glibc's own adaptive threshold) grow the resident
     set past what sharding saves (measured on offline-mini: +0.9 GB after one forward).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _SMALL))
 
@@ -64,4 +68,3 @@ def choose_freed_memory_policy() -> str:
         return "release"
     reuse_freed_memory()
     return "reuse"
-

@@ -59,8 +59,8 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
     """offline-mini with an aligned embedding-mixture adaptor → `work_dir/model` (returned at once when built)."""
     from modeling_speech_llama import SpeechLlamaForCausalLM
     from speech_llama.corpus.build import build_corpus, default_corpus_dir
-    from speech_llama.generate import load_model
     from speech_llama.presets import offline_mini_dir
+    from speech_llama.remote_code import load_processor
 
     work_dir = work_dir or aligned_cache_dir()
     final = work_dir / "model"
@@ -71,20 +71,20 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
     corpus_dir = corpus_dir or default_corpus_dir()
     if not (corpus_dir / "corpus.json").is_file():
         build_corpus(corpus_dir, base, progress=progress)
-    _, processor = load_model(base)
+    processor = load_processor(base)
     model = SpeechLlamaForCausalLM.from_pretrained(base, **ALIGNED_ADAPTOR).eval()
     read_blanks_as_space(model, processor.tokenizer)
     tokenizer = processor.tokenizer
     train = load_split(corpus_dir / "train", tokenizer)
     dev = load_split(corpus_dir / "dev", tokenizer)
     summary = {"alignment": train_alignment(model, tokenizer, train, dev, work_dir, recipe.alignment, progress=progress)}
-    summary["aligned_dev_ctc_wer"] = round(ctc_word_error_rate(model, tokenizer, dev)[0], 4)
+    summary["aligned_dev_ctc_wer"] = summary["dev_ctc_wer"] = round(ctc_word_error_rate(model, tokenizer, dev)[0], 4)
     if recipe.distillation is not None:
         clips = random.Random(recipe.distillation.seed).sample(train, min(recipe.distillation_clips, len(train)))
         responses = teacher_responses(model, processor, clips, work_dir, recipe.distillation.max_response_tokens, progress)
         summary["distillation"] = distill(model, processor, clips, responses, work_dir, recipe.distillation, progress)
+        summary["dev_ctc_wer"] = round(ctc_word_error_rate(model, tokenizer, dev)[0], 4)
     summary["recipe"] = asdict(recipe)
-    summary["dev_ctc_wer"] = round(ctc_word_error_rate(model, tokenizer, dev)[0], 4)
     # Reported, never used to choose settings: the held-out speaker's clips.
     heldout = load_split(corpus_dir / "heldout", tokenizer)
     summary["heldout_ctc_wer"] = round(ctc_word_error_rate(model, tokenizer, heldout)[0], 4)

@@ -20,10 +20,10 @@ from pathlib import Path
 from speech_llama.corpus.clips import PlannedClip, make_clips, plain_clips, plan_clips
 from speech_llama.corpus.coverage import coverage
 from speech_llama.corpus.texts import corpus_texts
-from speech_llama.text import normalized
 from speech_llama.corpus.voices import HELD_OUT_SPEAKER, HELD_OUT_VOICE, check_engine, check_sox, training_voices, voice_named
 from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.offline.cache import cache_dir
+from speech_llama.text import normalized
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 TRAIN_PROMPTS = DATA_DIR / "train_questions.jsonl"

@@ -158,7 +158,7 @@ def _read_16k(path: Path, voice: Voice) -> np.ndarray:
     if not path.is_file():
         raise RuntimeError(f"voice {voice.name!r}: the engine wrote no audio to {path.name}")
     samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return np.clip(resample(samples.mean(axis=1), rate), -1.0, 1.0)  # resampling can overshoot ±1
+    return _to_16k(samples.mean(axis=1), rate)
 
 
 def _piper(voice: Voice, text: str) -> np.ndarray:
@@ -172,7 +172,12 @@ def _piper(voice: Voice, text: str) -> np.ndarray:
     if not chunks:
         raise RuntimeError(f"voice {voice.name!r}: Piper produced no audio for {text!r}")
     samples = np.concatenate(chunks).astype(np.float32) / 32768.0
-    return np.clip(resample(samples, piper_voice.config.sample_rate), -1.0, 1.0)  # resampling can overshoot ±1
+    return _to_16k(samples, piper_voice.config.sample_rate)
+
+
+def _to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mono samples at `rate` → 16 kHz, kept within ±1 (resampling can overshoot)."""
+    return np.clip(resample(samples, rate), -1.0, 1.0)
 
 
 @dataclass(frozen=True)
