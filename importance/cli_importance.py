@@ -21,11 +21,11 @@ from speech_llama.build import DTYPES
 from speech_llama.remote_code import add_trust_argument
 
 from .artifact import DEFAULT_PARAMS, json_path_for
+from .estimate import REDUCTIONS, init_distributed, load_slice
+from .pipeline import estimate_and_save
 
 # float64: for checks that must not depend on float32 summation order (the accumulators stay float32).
 LOAD_DTYPES = {**DTYPES, "float64": torch.float64}
-from .estimate import REDUCTIONS, init_distributed, load_slice
-from .pipeline import estimate_and_save
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,12 +58,7 @@ def run(args: argparse.Namespace) -> Path:
     rank, world = init_distributed()
     model, processor = load_model(args.model, dtype=LOAD_DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
     records = load_slice(args.data, args.split, args.skip, args.max_samples, require_audio=args.input == "speech")
-    result, summary = estimate_and_save(
-        model, processor, records, args.out,
-        model_name=str(args.model), data=str(args.data), input=args.input, params=args.params,
-        reduction=args.reduction, batch_size=args.batch_size, max_length=args.max_length,
-        rank=rank, world=world, progress=not args.no_progress, skip=args.skip, dtype=args.dtype,
-    )
+    result, summary = estimate(args, model, processor, records, rank, world)
     if rank == 0:
         report(result, summary, args.out)
     if world > 1:
@@ -95,19 +90,23 @@ def run_sharded(args: argparse.Namespace, settings) -> Path:
                          "mixed_precision": settings.mixed_precision,
                          "cpu_ram_efficient_loading": settings.cpu_ram_efficient_loading, "ranks": ranks}}
 
-    result, summary = estimate_and_save(
-        model, processor, records, args.out,
-        model_name=str(args.model), data=str(args.data), input=args.input, params=args.params,
-        reduction=args.reduction, batch_size=args.batch_size, max_length=args.max_length,
-        rank=rank, world=world, progress=not args.no_progress, late_fields=late_fields, skip=args.skip,
-        dtype=args.dtype,
-    )
+    result, summary = estimate(args, model, processor, records, rank, world, late_fields=late_fields)
     if rank == 0:
         report(result, summary, args.out)
         shares = ", ".join(f"{entry['accumulator_elements'] / summary['num_parameters']:.3f}" for entry in summary["fsdp"]["ranks"])
         print(f"importance: FSDP2 over {world} processes, {len(units)} units; accumulator share per rank: {shares}")
     dist.barrier()
     return Path(args.out)
+
+
+def estimate(args: argparse.Namespace, model, processor, records, rank: int, world: int, **extra):
+    """`estimate_and_save` with the command's options: (result, summary)."""
+    return estimate_and_save(
+        model, processor, records, args.out,
+        model_name=str(args.model), data=str(args.data), input=args.input, params=args.params,
+        reduction=args.reduction, batch_size=args.batch_size, max_length=args.max_length,
+        rank=rank, world=world, progress=not args.no_progress, skip=args.skip, dtype=args.dtype, **extra,
+    )
 
 
 def report(result, summary: dict, out: Path) -> None:
