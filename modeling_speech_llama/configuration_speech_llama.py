@@ -40,6 +40,10 @@ class SpeechLlamaConfig(PretrainedConfig):
         adaptor_learned_blank (`bool`, *optional*, defaults to `False`):
             Score the CTC blank against a learned direction `blank_query` instead of the `<speech>` row of the
             embeddings (that row is close to the mean embedding, so under the cosine head the blank never wins).
+        adaptor_mask_silent_frames (`bool`, *optional*, defaults to `False`):
+            With `adaptor_collapse_repeats`: the frames that read `blank_embedding` (blank or repeated best
+            token) are masked out of the LLM's attention and take no position, so the LLM reads each CTC
+            segment as one token in an unbroken sequence, as it reads text (N placeholders are kept).
 
     Example:
 
@@ -65,6 +69,7 @@ class SpeechLlamaConfig(PretrainedConfig):
         adaptor_mixture_temperature: float = 1.0,
         adaptor_collapse_repeats: bool = False,
         adaptor_learned_blank: bool = False,
+        adaptor_mask_silent_frames: bool = False,
         **kwargs,
     ):
         self.encoder_config = _as_config(encoder_config, default_model_type="whisper")
@@ -76,11 +81,13 @@ class SpeechLlamaConfig(PretrainedConfig):
         self.speech_token_id = speech_token_id
         self.freeze_encoder = freeze_encoder
         check_adaptor_output(adaptor_output, speech_token_id, adaptor_mixture_temperature)
+        check_silent_frames(adaptor_mask_silent_frames, adaptor_output, adaptor_collapse_repeats)
         self.adaptor_output = adaptor_output
         self.adaptor_logit_scale = adaptor_logit_scale
         self.adaptor_mixture_temperature = adaptor_mixture_temperature
         self.adaptor_collapse_repeats = adaptor_collapse_repeats
         self.adaptor_learned_blank = adaptor_learned_blank
+        self.adaptor_mask_silent_frames = adaptor_mask_silent_frames
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 
@@ -99,6 +106,13 @@ def check_adaptor_output(adaptor_output: str, speech_token_id: int | None, adapt
         raise ValueError("adaptor_output='embedding_mixture' needs speech_token_id (the CTC blank)")
     if adaptor_mixture_temperature <= 0:
         raise ValueError(f"adaptor_mixture_temperature must be > 0, got {adaptor_mixture_temperature}")
+
+
+def check_silent_frames(mask_silent_frames: bool, adaptor_output: str, collapse_repeats: bool) -> None:
+    """Raise ValueError when silent frames are to be masked but the adaptor does not mark any."""
+    if mask_silent_frames and not (adaptor_output == "embedding_mixture" and collapse_repeats):
+        raise ValueError("adaptor_mask_silent_frames=True needs adaptor_output='embedding_mixture' and "
+                         f"adaptor_collapse_repeats=True (got {adaptor_output!r}, collapse_repeats={collapse_repeats})")
 
 
 def _as_config(value, default_model_type: str) -> PretrainedConfig:

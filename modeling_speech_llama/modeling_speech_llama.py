@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .configuration_speech_llama import SpeechLlamaConfig, check_adaptor_output
+from .configuration_speech_llama import SpeechLlamaConfig, check_adaptor_output, check_silent_frames
 
 
 def speech_token_count(num_mel_frames: int, downsample: int) -> int:
@@ -45,6 +45,8 @@ class SpeechAdaptor(nn.Module):
     def __init__(self, config: SpeechLlamaConfig):
         super().__init__()
         check_adaptor_output(config.adaptor_output, config.speech_token_id, config.adaptor_mixture_temperature)
+        check_silent_frames(getattr(config, "adaptor_mask_silent_frames", False), config.adaptor_output,
+                            config.adaptor_collapse_repeats)
         self.downsample = config.adaptor_downsample
         self.output_mode = config.adaptor_output
         self.logit_scale = config.adaptor_logit_scale
@@ -78,12 +80,19 @@ class SpeechAdaptor(nn.Module):
             cosine = cosine.index_copy(-1, torch.tensor([self.blank_id], device=cosine.device), blank.unsqueeze(-1))
         return self.logit_scale * cosine
 
+    def silent_frames(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) logits → (B, T) bool: the frame's best token is the blank or repeats the previous frame's."""
+        best = logits.argmax(-1)
+        repeated = torch.zeros_like(best, dtype=torch.bool)
+        repeated[:, 1:] = best[:, 1:] == best[:, :-1]
+        return repeated | (best == self.blank_id)
+
     def mixture(self, logits: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, T, V) logits → (B, T, d_llm) posterior-weighted token embeddings (blank mass → `blank_embedding`).
 
-        With `adaptor_collapse_repeats`, a frame whose best token is the blank or repeats the previous
-        frame's best token reads `blank_embedding` alone: the LLM then sees each CTC segment once, as
-        best-path CTC decoding would collapse it, while the frame count N stays the processor's.
+        With `adaptor_collapse_repeats`, a silent frame (`silent_frames`) reads `blank_embedding` alone:
+        the LLM then sees each CTC segment once, as best-path CTC decoding would collapse it, while the
+        frame count N stays the processor's.
         """
         probs = (logits / self.temperature).softmax(-1)
         blank = probs[..., self.blank_id : self.blank_id + 1]
@@ -91,30 +100,38 @@ class SpeechAdaptor(nn.Module):
         mixed = probs @ embeddings + blank * self.blank_embedding.float()
         if not self.collapse_repeats:
             return mixed
-        best = logits.argmax(-1)  # (B, T)
-        repeated = torch.zeros_like(best, dtype=torch.bool)
-        repeated[:, 1:] = best[:, 1:] == best[:, :-1]
-        silent = (repeated | (best == self.blank_id)).unsqueeze(-1)
+        silent = self.silent_frames(logits).unsqueeze(-1)
         return torch.where(silent, self.blank_embedding.float().expand_as(mixed), mixed)
 
-    def forward(self, encoder_states: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T_enc, d_enc) → (B, ⌊T_enc / k⌋, d_llm) frames the LLM reads.
+    def forward(self, encoder_states: torch.Tensor, token_embeddings: torch.Tensor | None = None,
+                return_silent_frames: bool = False):
+        """(B, T_enc, d_enc) → (B, N, d_llm) frames the LLM reads, N = ⌊T_enc / k⌋; with
+        `return_silent_frames`, (frames, (B, N) bool silent frames or None unless the embedding
+        mixture collapses repeats).
 
         `token_embeddings` (V, d_llm), the LLM's input embedding matrix, is required for "embedding_mixture".
         """
         projected = self.project(encoder_states)
+        silent = None
         if self.output_mode == "linear":
-            return projected
-        if token_embeddings is None:
-            raise ValueError("adaptor_output='embedding_mixture' needs the LLM's token embeddings (V, d_llm)")
-        return self.mixture(self.token_logits(projected, token_embeddings), token_embeddings).to(projected.dtype)
+            frames = projected
+        else:
+            if token_embeddings is None:
+                raise ValueError("adaptor_output='embedding_mixture' needs the LLM's token embeddings (V, d_llm)")
+            logits = self.token_logits(projected, token_embeddings)
+            silent = self.silent_frames(logits) if self.collapse_repeats else None
+            frames = self.mixture(logits, token_embeddings).to(projected.dtype)
+        return (frames, silent) if return_silent_frames else frames
 
 
 @dataclass
 class SpeechLlamaCausalLMOutput(CausalLMOutputWithPast):
-    """`CausalLMOutputWithPast` plus `speech_embeds` (ΣN, d_llm): the adaptor outputs that were merged."""
+    """`CausalLMOutputWithPast` plus `speech_embeds` (ΣN, d_llm), the adaptor outputs that were merged, and,
+    when silent frames were masked (`adaptor_mask_silent_frames`), `attention_mask` (B, L_past + L): the
+    mask the LLM attended with, which later decoding steps extend."""
 
     speech_embeds: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
 
 
 class SpeechLlamaWhisperEncoder(WhisperEncoder):
@@ -240,6 +257,11 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         Returns:
             (ΣN_i, d_llm) with N_i = ⌊⌈T_mel_i / 2⌉ / k⌋, clip by clip in batch order.
         """
+        return self.get_speech_frames(input_features, input_features_mask)[0]
+
+    def get_speech_frames(self, input_features: torch.Tensor,
+                          input_features_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`get_speech_features` plus (ΣN_i,) bool silent frames (None when the adaptor marks none)."""
         if input_features.dim() != 3:
             raise ValueError(f"input_features must be (batch, n_mels, frames), got shape {tuple(input_features.shape)}")
         n_mels = self.config.encoder_config.num_mel_bins
@@ -251,12 +273,12 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
             encoder_states = self.encoder(input_features, input_features_mask)
-        speech_embeds = self.adaptor(encoder_states, self.get_input_embeddings().weight)
-        lengths = input_features_mask.sum(-1).tolist()
-        per_clip = [
-            speech_embeds[i, : speech_token_count(int(n), self.config.adaptor_downsample)] for i, n in enumerate(lengths)
-        ]
-        return torch.cat(per_clip, dim=0)
+        speech_embeds, silent = self.adaptor(encoder_states, self.get_input_embeddings().weight, return_silent_frames=True)
+        counts = [speech_token_count(int(n), self.config.adaptor_downsample) for n in input_features_mask.sum(-1).tolist()]
+        frames = torch.cat([speech_embeds[i, :count] for i, count in enumerate(counts)], dim=0)
+        if silent is None:
+            return frames, None
+        return frames, torch.cat([silent[i, :count] for i, count in enumerate(counts)], dim=0)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor, speech_embeds: torch.Tensor | None) -> torch.Tensor:
         """(B, L) bool mask of `<speech>` placeholders; raises when their count ≠ speech frames."""
@@ -276,20 +298,24 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         input_features: torch.Tensor | None,
         input_features_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """Token embeddings (B, L, d_llm) with speech frames scattered into the placeholder positions.
 
-        Returns (inputs_embeds, speech_embeds or None, placeholder_mask (B, L)).
+        Returns (inputs_embeds, speech_embeds or None, placeholder_mask (B, L), silent_mask (B, L) or None):
+        `silent_mask` marks the placeholders whose frame is silent when `adaptor_mask_silent_frames` is set.
         """
         inputs_embeds = self.get_input_embeddings()(input_ids)
-        speech_embeds = None
+        speech_embeds = silent = None
         if input_features is not None:
-            speech_embeds = self.get_speech_features(input_features, input_features_mask)
+            speech_embeds, silent = self.get_speech_frames(input_features, input_features_mask)
         placeholder_mask = self.get_placeholder_mask(input_ids, speech_embeds)
+        silent_mask = None
         if speech_embeds is not None:
             scatter_mask = placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
             inputs_embeds = inputs_embeds.masked_scatter(scatter_mask, speech_embeds.to(inputs_embeds.dtype))
-        return inputs_embeds, speech_embeds, placeholder_mask
+            if silent is not None and getattr(self.config, "adaptor_mask_silent_frames", False):
+                silent_mask = torch.zeros_like(placeholder_mask).masked_scatter(placeholder_mask, silent)
+        return inputs_embeds, speech_embeds, placeholder_mask, silent_mask
 
     def forward(
         self,
@@ -317,17 +343,20 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
             [`SpeechLlamaCausalLMOutput`] with `logits` (B, L, V): the `<speech>` logit is masked so it
             is never predicted.
         """
-        speech_embeds = None
-        placeholder_mask = None
+        speech_embeds = placeholder_mask = silent_mask = None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (or inputs_embeds)")
-            inputs_embeds, speech_embeds, placeholder_mask = self.merge_speech_embeddings(
+            inputs_embeds, speech_embeds, placeholder_mask, silent_mask = self.merge_speech_embeddings(
                 input_ids, input_features, input_features_mask
             )
         elif input_features is not None:
             raise ValueError("input_features cannot be combined with inputs_embeds: pass input_ids so they can be merged")
 
+        if silent_mask is not None:
+            # Silent frames leave the sequence: no attention to them, and positions count only the rest.
+            attention_mask = self._without_silent_frames(attention_mask, silent_mask)
+            position_ids = self._position_ids_from_mask(attention_mask, inputs_embeds.shape[1])
         if position_ids is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             position_ids = self._position_ids_from_mask(attention_mask, inputs_embeds.shape[1])
         outputs = self.language_model(
@@ -350,7 +379,19 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
 
         # The cache field is `cache` or `past_key_values` depending on the transformers 5.x release.
         passthrough = {key: value for key, value in outputs.items() if key not in ("loss", "logits")}
-        return SpeechLlamaCausalLMOutput(loss=loss, logits=logits, speech_embeds=speech_embeds, **passthrough)
+        return SpeechLlamaCausalLMOutput(loss=loss, logits=logits, speech_embeds=speech_embeds,
+                                         attention_mask=attention_mask if silent_mask is not None else None, **passthrough)
+
+    @staticmethod
+    def _without_silent_frames(attention_mask: torch.Tensor | None, silent_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L_past + L) mask (or None: all ones) with the (B, L) silent placeholders set to 0."""
+        if attention_mask is None:
+            attention_mask = torch.ones(silent_mask.shape, dtype=torch.long, device=silent_mask.device)
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+            raise ValueError("adaptor_mask_silent_frames needs a 2-D attention_mask (batch, length) or None")
+        kept = torch.ones_like(attention_mask, dtype=torch.bool)
+        kept[:, -silent_mask.shape[1]:] = ~silent_mask
+        return attention_mask * kept.to(attention_mask.dtype)
 
     @staticmethod
     def _position_ids_from_mask(attention_mask: torch.Tensor, num_new_tokens: int) -> torch.LongTensor:
@@ -365,6 +406,15 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
             return logits
         is_speech_column = torch.arange(logits.shape[-1], device=logits.device) == speech_token_id
         return logits.masked_fill(is_speech_column, torch.finfo(logits.dtype).min)
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
+        """Later decoding steps extend the mask the prefill attended with (silent frames masked) and
+        count positions from it; `generate` computed both from the prompt before the frames were known."""
+        if getattr(outputs, "attention_mask", None) is not None:
+            model_kwargs["attention_mask"] = outputs.attention_mask
+            if model_kwargs.get("position_ids") is not None:
+                model_kwargs["position_ids"] = (outputs.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         """Speech features are consumed on the prefill step only; later steps read the KV cache."""

@@ -167,6 +167,8 @@ def _prefill(model, processor, batch: RunningBatch, admitted: list[int], questio
     else:  # nothing in common: whole prompts
         attention_mask = inputs["attention_mask"]
         outputs = model(**inputs, use_cache=True, logits_to_keep=1)
+    if outputs.get("attention_mask") is not None:  # silent speech frames were masked out
+        attention_mask = outputs.attention_mask
     _join(batch, attention_mask, outputs.past_key_values)
     batch.requests += admitted
     batch.generated += [[token] for token in outputs.logits[:, -1].argmax(-1).tolist()]

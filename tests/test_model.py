@@ -123,7 +123,7 @@ def test_speech_features_only_on_prefill(tiny):
     model, processor = tiny
     batch = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.0)], sampling_rate=16000)
     seen = []
-    handle = model.adaptor.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    handle = model.adaptor.register_forward_hook(lambda module, args, output: seen.append(args[0].shape))
     try:
         with torch.no_grad():
             model.generate(**batch, max_new_tokens=4, do_sample=False)

@@ -46,3 +46,44 @@ def test_distill_trains_only_the_adaptor_and_resumes(tiny_model_dir, tmp_path):
     weights = model.adaptor.linear_1.weight.detach().clone()
     distill(model, processor, data, ["An answer."] * len(data), tmp_path, settings, progress=False)
     assert torch.equal(model.adaptor.linear_1.weight, weights)
+
+
+def test_student_logits_equal_the_models_forward_with_silent_frames_masked(tiny_model_dir):
+    """The student path (`_response_logits` on adaptor frames) reads what `model(...)` reads, silent frames included."""
+    from trainers.speech_alignment import batch_tensors
+    from trainers.speech_distillation import _response_logits
+
+    _, processor = load_model(tiny_model_dir)
+    model = SpeechLlamaForCausalLM.from_pretrained(
+        tiny_model_dir, adaptor_output="embedding_mixture", adaptor_collapse_repeats=True,
+        adaptor_mask_silent_frames=True).eval()
+    every_other = lambda logits: torch.arange(logits.shape[1]).expand(logits.shape[:2]) % 2 == 1  # noqa: E731
+    model.adaptor.silent_frames = every_other
+    data = clips(model)[:2]
+    downsample = model.config.adaptor_downsample
+    pairs = [_pair(processor, clip, "An answer.", downsample) for clip in data]
+    rows, lengths = [speech for _, speech, _ in pairs], [n for _, _, n in pairs]
+    states, counts, _, _ = batch_tensors(data, downsample)
+    with torch.no_grad():
+        frames, silent = model.adaptor(states, model.get_input_embeddings().weight, return_silent_frames=True)
+        speech_embeds = torch.cat([frames[row, :count] for row, count in enumerate(counts)])
+        speech_silent = torch.cat([silent[row, :count] for row, count in enumerate(counts)])
+        student = _response_logits(model, rows, lengths, speech_embeds, speech_silent)
+        unmasked = _response_logits(model, rows, lengths, speech_embeds)
+        for row, (ids, n) in enumerate(zip(rows, lengths)):
+            start = sum(lengths[:row])
+            direct = model.language_model(inputs_embeds=_kept_embeddings(model, ids, frames[row, : counts[row]],
+                                                                         silent[row, : counts[row]])).logits[0, -n - 1 : -1]
+            torch.testing.assert_close(student[start : start + n], direct.float(), atol=1e-4, rtol=1e-4)
+    assert (student - unmasked).abs().max() > 1e-3
+
+
+def _kept_embeddings(model, ids: list[int], frames: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:
+    """(1, L', d): the row's embeddings with its speech frames in place and the silent ones removed."""
+    ids_tensor = torch.tensor(ids)
+    embeds = model.get_input_embeddings()(ids_tensor)
+    placeholder = ids_tensor == model.config.speech_token_id
+    embeds[placeholder] = frames.to(embeds.dtype)
+    keep = torch.ones(len(ids), dtype=torch.bool)
+    keep[placeholder] = ~silent
+    return embeds[keep][None]

@@ -70,17 +70,25 @@ def _pair(processor, clip: CachedClip, response: str, downsample: int) -> tuple[
     return tokenize(text_prompt) + completion_ids, tokenize(speech_prompt) + completion_ids, len(completion_ids)
 
 
-def _response_logits(model, rows: list[list[int]], response_lengths: list[int], speech_embeds=None) -> torch.Tensor:
-    """Logits predicting each response token, rows right-padded, concatenated: (Σ len_i, V)."""
+def _response_logits(model, rows: list[list[int]], response_lengths: list[int], speech_embeds=None,
+                     speech_silent=None) -> torch.Tensor:
+    """Logits predicting each response token, rows right-padded, concatenated: (Σ len_i, V).
+
+    `speech_silent` (ΣN,) bool: speech frames left out of the attention, as the model's forward does
+    with `adaptor_mask_silent_frames`."""
     longest = max(len(row) for row in rows)
     pad = model.config.text_config.pad_token_id or 0
     ids = torch.tensor([row + [pad] * (longest - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows])
     embeds = model.get_input_embeddings()(ids)
+    position_ids = None
     if speech_embeds is not None:
-        placeholder = (ids == model.config.speech_token_id).unsqueeze(-1).expand_as(embeds)
-        embeds = embeds.masked_scatter(placeholder, speech_embeds.to(embeds.dtype))
-    logits = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits
+        placeholder = ids == model.config.speech_token_id
+        embeds = embeds.masked_scatter(placeholder.unsqueeze(-1).expand_as(embeds), speech_embeds.to(embeds.dtype))
+        if speech_silent is not None:
+            mask = model._without_silent_frames(mask, torch.zeros_like(placeholder).masked_scatter(placeholder, speech_silent))
+            position_ids = model._position_ids_from_mask(mask, mask.shape[1])
+    logits = model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).logits
     picked = [logits[row, len(rows[row]) - n - 1 : len(rows[row]) - 1] for row, n in enumerate(response_lengths)]
     return torch.cat(picked).float()
 
@@ -119,9 +127,11 @@ def distill(model, processor, clips: list[CachedClip], responses: list[str], out
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
             with torch.no_grad():
                 teacher = _response_logits(model, text_rows, lengths)
-            frames = model.adaptor(states, embeddings)
+            frames, silent = model.adaptor(states, embeddings, return_silent_frames=True)
             speech_embeds = torch.cat([frames[row, :count] for row, count in enumerate(counts)])
-            student = _response_logits(model, speech_rows, lengths, speech_embeds)
+            speech_silent = (torch.cat([silent[row, :count] for row, count in enumerate(counts)])
+                             if silent is not None and model.config.adaptor_mask_silent_frames else None)
+            student = _response_logits(model, speech_rows, lengths, speech_embeds, speech_silent)
             kl = F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
             loss = kl + settings.ctc_weight * ctc_loss_from_states(model, states, counts, targets, target_lengths)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,113 @@
+"""`adaptor_mask_silent_frames`: silent speech frames leave the LLM's sequence (no attention, no position)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import noise_clip
+from transformers import AutoModelForCausalLM
+
+from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM
+from speech_llama.batching import continuous_greedy_answers
+from speech_llama.build import BuildInfo, save_model_folder
+from speech_llama.generate import qa_inputs, qa_prompt
+
+MIXTURE = {"adaptor_output": "embedding_mixture", "adaptor_collapse_repeats": True}
+
+
+def every_third_frame_speaks(adaptor) -> None:
+    """Make frames 0, 3, 6, … non-silent and the rest silent, whatever the adaptor's logits are."""
+    def silent_frames(logits):
+        silent = torch.ones(logits.shape[:2], dtype=torch.bool)
+        silent[:, ::3] = False
+        return silent
+
+    adaptor.silent_frames = silent_frames
+
+
+def masked_model(model_dir, **config):
+    model = SpeechLlamaForCausalLM.from_pretrained(model_dir, **MIXTURE, adaptor_mask_silent_frames=True, **config).eval()
+    every_third_frame_speaks(model.adaptor)
+    return model
+
+
+def compacted_embeddings(model, inputs, row: int = 0) -> torch.Tensor:
+    """(1, L', d) the row's inputs with its silent frames removed: what the masked model should read."""
+    embeds, _, placeholder, silent = model.merge_speech_embeddings(
+        inputs["input_ids"], inputs["input_features"], inputs["input_features_mask"])
+    keep = inputs["attention_mask"][row].bool() & ~silent[row]
+    return embeds[row, keep][None]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"adaptor_mask_silent_frames": True},
+     {"adaptor_mask_silent_frames": True, "adaptor_output": "embedding_mixture", "speech_token_id": 5},
+     {"adaptor_mask_silent_frames": True, "adaptor_collapse_repeats": True}],
+)
+def test_masking_needs_a_mixture_that_marks_silent_frames(settings):
+    with pytest.raises(ValueError, match="adaptor_mask_silent_frames=True needs adaptor_output='embedding_mixture'"):
+        SpeechLlamaConfig(**settings)
+
+
+def test_masking_set_through_from_pretrained_is_checked(tiny_model_dir):
+    with pytest.raises(ValueError, match="adaptor_mask_silent_frames=True needs"):
+        SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, adaptor_output="embedding_mixture",
+                                               adaptor_mask_silent_frames=True)
+
+
+def test_forward_reads_the_sequence_without_its_silent_frames(tiny, tiny_model_dir):
+    _, processor = tiny
+    model = masked_model(tiny_model_dir)
+    inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.3)], sampling_rate=16000)
+    with torch.no_grad():
+        output = model(**inputs)
+        _, _, placeholder, silent = model.merge_speech_embeddings(
+            inputs["input_ids"], inputs["input_features"], inputs["input_features_mask"])
+        reference = model.language_model(inputs_embeds=compacted_embeddings(model, inputs)).logits
+    assert 0 < int(silent.sum()) < int(placeholder.sum())
+    assert torch.equal(output.attention_mask[0].bool(), ~silent[0])
+    kept_logits = model._mask_speech_logit(reference)[0]
+    torch.testing.assert_close(output.logits[0, ~silent[0]], kept_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_masked_frames_change_the_answer_logits(tiny, tiny_model_dir):
+    _, processor = tiny
+    masked = masked_model(tiny_model_dir)
+    unmasked = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, **MIXTURE).eval()
+    every_third_frame_speaks(unmasked.adaptor)
+    inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.3)], sampling_rate=16000)
+    with torch.no_grad():
+        masked_output, unmasked_output = masked(**inputs), unmasked(**inputs)
+    assert unmasked_output.attention_mask is None
+    assert (masked_output.logits[0, -1] - unmasked_output.logits[0, -1]).abs().max() > 1e-3
+
+
+def test_generate_and_continuous_batching_decode_as_the_compacted_prompt(tiny, tiny_model_dir):
+    _, processor = tiny
+    model = masked_model(tiny_model_dir)
+    audios = [noise_clip(1.3, seed=1), noise_clip(0.7, seed=2)]
+    inputs = qa_inputs(processor, [None, None], audios)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+        for row in range(2):
+            embeds = compacted_embeddings(model, inputs, row)
+            expected = model.language_model.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                                                     max_new_tokens=6, do_sample=False, suppress_tokens=[model.config.speech_token_id])
+            assert generated[row].tolist()[: expected.shape[1]] == expected[0].tolist(), row
+    answers = continuous_greedy_answers(model, processor, [None, None], audios, batch_size=2, max_new_tokens=6)
+    assert answers == [text.strip() for text in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+def test_the_setting_round_trips_as_remote_code(tiny, tiny_model_dir, tmp_path):
+    _, processor = tiny
+    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, **MIXTURE, adaptor_mask_silent_frames=True).eval()
+    folder = save_model_folder(model, processor, tmp_path / "masked", BuildInfo(llm="tiny", encoder="tiny"))
+    loaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert "transformers_modules" in type(loaded).__module__
+    assert loaded.config.adaptor_mask_silent_frames is True
+    inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.0, seed=3)], sampling_rate=16000)
+    with torch.no_grad():
+        expected, got = model(**inputs), loaded(**inputs)
+    assert torch.equal(got.attention_mask, expected.attention_mask)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=0)
