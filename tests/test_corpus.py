@@ -38,6 +38,7 @@ from speech_llama.corpus.texts import (
     frequent_words,
     generate_replies,
     llm_prompts,
+    word_lists,
 )
 from speech_llama.corpus.voices import (
     HELD_OUT_SPEAKER,
@@ -293,6 +294,40 @@ def test_plan_is_deterministic_and_reads_each_text_with_different_voices():
     assert len({clip.voice for clip in plan}) > 3 and len({clip.perturbation for clip in plan}) > 3
 
 
+def test_plan_numbers_a_second_plan_after_the_first():
+    voices = training_voices()
+    first = plan_clips(["Who wrote Hamlet?"], voices, total_clips=2, seed=0)
+    second = plan_clips(["Paris, river, window."], voices, total_clips=2, seed=2, first_index=len(first))
+    assert [clip.stem[:6] for clip in first + second] == ["000000", "000001", "000002", "000003"]
+
+
+def test_word_lists_hear_every_word_exactly_hearings_times_never_twice_in_a_list(tiny):
+    _, processor = tiny
+    words = ["river", "window", "paris", "garden", "thailand", "table", "music", "orange", "pencil", "market", "bridge"]
+    lists = word_lists(words, processor.tokenizer, hearings=3, per_list=4, seed=1)
+    assert lists == word_lists(words, processor.tokenizer, hearings=3, per_list=4, seed=1)
+    assert lists != word_lists(words, processor.tokenizer, hearings=3, per_list=4, seed=2)
+    assert len(lists) == 3 * 3  # each pass: 11 words → lists of 4, 4, 3
+    spoken = [[word.lower() for word in text.rstrip(".").split(", ")] for text in lists]
+    assert all(len(entry) == len(set(entry)) and len(entry) <= 4 for entry in spoken)
+    heard = [word for entry in spoken for word in entry]
+    assert sorted(set(heard)) == sorted(words) and all(heard.count(word) == 3 for word in words)
+    assert all(text[0].isupper() and text.endswith(".") for text in lists)
+
+
+def test_word_lists_capitalise_names_the_tokenizer_spells_shorter(tiny):
+    _, processor = tiny
+    tokenizer = processor.tokenizer
+    texts = word_lists(["paris", "window"], tokenizer, hearings=2, per_list=2, seed=0)
+    words = {word for text in texts for word in text.rstrip(".").split(", ")}
+    # SmolLM2's tokenizer: " Paris" is one token, " paris" two; " window" is one token, " Window" too.
+    assert len(tokenizer(" Paris", add_special_tokens=False)["input_ids"]) < len(tokenizer(" paris", add_special_tokens=False)["input_ids"])
+    assert "Paris" in words and "paris" not in words
+    assert "window" in words or all(text.startswith("Window") for text in texts if "indow" in text)
+    with pytest.raises(ValueError, match="hearings ≥ 1 and per_list ≥ 1"):
+        word_lists(["paris"], tokenizer, hearings=0, per_list=2, seed=0)
+
+
 def test_plan_reuses_voices_only_when_every_voice_has_read_the_text():
     voices = [voice_named(name) for name in FAST_VOICES]
     plan = plan_clips(["Only one text here."], voices, total_clips=5, seed=0)
@@ -433,11 +468,15 @@ def test_build_corpus_small_end_to_end_and_resumable(tiny_model_dir, tmp_path, m
         *args, **kwargs, replies=lambda prompts, cache, **_: (llm_replies * len(prompts))[: len(prompts)]))
 
     out = tmp_path / "corpus"
-    manifest = build_corpus(out, tiny_model_dir, clips=6, llm_questions=1, llm_sentences=1, workers=1, progress=False)
+    monkeypatch.setattr(corpus_build, "frequent_words", lambda count: ["river", "window", "garden"][:count])
+    monkeypatch.setattr(corpus_build, "LIST_HEARINGS", 2)
+    monkeypatch.setattr(corpus_build, "LIST_LENGTH", 2)
+    manifest = build_corpus(out, tiny_model_dir, clips=6, llm_questions=1, llm_sentences=1, list_words=3, workers=1,
+                            progress=False)
     assert json.loads((out / "corpus.json").read_text()) == manifest
-    assert manifest["splits"]["train"]["clips"] == 6 and manifest["splits"]["dev"]["clips"] == 2
+    assert manifest["splits"]["train"]["clips"] == 6 + 4 and manifest["splits"]["dev"]["clips"] == 2  # + 2 passes of 2 lists
     assert manifest["splits"]["heldout"]["clips"] == 2 and manifest["splits"]["heldout"]["texts"] == 2
-    assert manifest["splits"]["train"]["texts"] == 3  # 5 kept texts (4 prompts + 1 LLM sentence) minus 2 dev
+    assert manifest["splits"]["train"]["texts"] == 3 + 4  # 5 kept texts (4 prompts + 1 LLM sentence) minus 2 dev, + 4 lists
     assert all(manifest["splits"][name]["hours"] > 0 for name in ("train", "dev", "heldout"))
     assert set(manifest["training_voices"]) <= set(FAST_VOICES) and manifest["held_out_voice"] == "festival-slt"
     assert manifest["coverage"]["held_out_content_words"] > 0
@@ -446,7 +485,11 @@ def test_build_corpus_small_end_to_end_and_resumable(tiny_model_dir, tmp_path, m
     rows = {name: read_jsonl(out / name / "data.jsonl") for name in ("train", "dev", "heldout")}
     for name in ("train", "dev"):
         assert not {normalized(row["question"]) for row in rows[name]} & held
-        assert all(row["source"] in ("prompts", "llm") and row["voice"] in FAST_VOICES for row in rows[name])
+        assert all(row["source"] in ("prompts", "llm", "wordlist") and row["voice"] in FAST_VOICES for row in rows[name])
+    lists = [row["question"] for row in rows["train"] if row["source"] == "wordlist"]
+    assert len(lists) == 4
+    assert sorted(word.lower() for text in lists for word in text.rstrip(".").split(", ")) == sorted(["river", "window", "garden"] * 2)
+    assert not any(row["source"] == "wordlist" for row in rows["dev"])
     assert not {row["question"] for row in rows["train"]} & {row["question"] for row in rows["dev"]}
     assert [row["question"] for row in rows["heldout"]] == ["Who wrote Hamlet?", "What animal barks?"]
     assert [row["answers"] for row in rows["heldout"]] == [["Shakespeare"], ["a dog"]]
@@ -457,5 +500,5 @@ def test_build_corpus_small_end_to_end_and_resumable(tiny_model_dir, tmp_path, m
             assert soundfile.info(str(out / name / row["audio"])).samplerate == 16000
 
     monkeypatch.setattr(corpus_clips, "speak_many", lambda *a: pytest.fail("a finished corpus was synthesised again"))
-    assert build_corpus(out, tiny_model_dir, clips=6, llm_questions=1, llm_sentences=1, workers=1,
+    assert build_corpus(out, tiny_model_dir, clips=6, llm_questions=1, llm_sentences=1, list_words=3, workers=1,
                         progress=False) == manifest

@@ -1,7 +1,7 @@
 """`speech-llama corpus`: the speech corpus for aligning the adaptor, built once and cached.
 
     DIR/texts/llm/chunk-*.json     the base LLM's sampled replies (resumable)
-    DIR/train/  audio/*.wav  features/*.npy  data.jsonl    many training voices, perturbed
+    DIR/train/  audio/*.wav  features/*.npy  data.jsonl    sentences, then word lists; many training voices, perturbed
     DIR/dev/    …                  texts held back from training, training voices (model selection)
     DIR/heldout/ …                 the held-out QA questions, read by the held-out voice only
     DIR/corpus.json                what was built: counts, hours, voices, coverage
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from speech_llama.corpus.clips import PlannedClip, make_clips, plain_clips, plan_clips
 from speech_llama.corpus.coverage import coverage
-from speech_llama.corpus.texts import corpus_texts
+from speech_llama.corpus.texts import corpus_texts, frequent_words, word_lists
 from speech_llama.corpus.voices import HELD_OUT_SPEAKER, HELD_OUT_VOICE, check_engine, check_sox, training_voices, voice_named
 from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.offline.cache import cache_dir
@@ -30,7 +30,8 @@ TRAIN_PROMPTS = DATA_DIR / "train_questions.jsonl"
 HELD_OUT_QA = (DATA_DIR / "general_knowledge_qa.jsonl", DATA_DIR / "demo_qa.jsonl")
 DEFAULT_CLIPS = 10_000
 DEV_TEXTS = 200
-CORPUS_NAME = "corpus-v1"
+LIST_WORDS, LIST_HEARINGS, LIST_LENGTH = 6000, 8, 8
+CORPUS_NAME = "corpus-v2"
 
 
 def default_corpus_dir() -> Path:
@@ -50,27 +51,39 @@ def held_out_records() -> list[dict]:
 
 
 def build_corpus(out_dir: Path, model_dir: Path, *, clips: int = DEFAULT_CLIPS, llm_questions: int = 3000,
-                 llm_sentences: int = 6000, workers: int = 2, seed: int = 0, progress: bool = True) -> dict:
-    """Build (or finish) the corpus in `out_dir`; returns the manifest written to corpus.json."""
+                 llm_sentences: int = 6000, list_words: int = LIST_WORDS, workers: int = 2, seed: int = 0,
+                 progress: bool = True) -> dict:
+    """Build (or finish) the corpus in `out_dir`; returns the manifest written to corpus.json.
+
+    Training clips: `clips` readings of the sentences, then word lists that put each of the
+    `list_words` frequency-list words (the words the LLM's sentences are written around) in
+    `LIST_HEARINGS` lists of `LIST_LENGTH`, one clip per list.
+    """
+    from speech_llama.remote_code import load_processor
+
     voices = training_voices(HELD_OUT_SPEAKER)
     for voice in [*voices, voice_named(HELD_OUT_VOICE)]:
         check_engine(voice)
     check_sox()
+    tokenizer = load_processor(model_dir).tokenizer
     held_out = held_out_records()
     prompts = [row["question"] for row in read_jsonl(TRAIN_PROMPTS)]
     texts = corpus_texts(prompts, [row["question"] for row in held_out], out_dir / "texts" / "llm",
                          num_questions=llm_questions, num_sentences=llm_sentences, seed=seed, progress=progress)
     train_texts, dev_texts = _split_dev(texts, seed)
     train = plan_clips([text for _, text in train_texts], voices, clips, seed)
+    lists = word_lists(frequent_words(list_words), tokenizer, hearings=LIST_HEARINGS,
+                       per_list=LIST_LENGTH, seed=seed) if list_words else []
+    train += plan_clips(lists, voices, len(lists), seed + 2, first_index=len(train))
     dev = plan_clips([text for _, text in dev_texts], voices, len(dev_texts), seed + 1)
     heldout = plain_clips([row["question"] for row in held_out], HELD_OUT_VOICE)
-    source_of = dict((text, source) for source, text in texts)
+    source_of = dict((text, source) for source, text in texts) | {text: "wordlist" for text in lists}
     for name, planned, extra in (("heldout", heldout, held_out), ("dev", dev, None), ("train", train, None)):
         make_clips(out_dir / name, planned, model_dir, workers=workers, progress=progress, desc=f"corpus {name}")
         rows = [clip.record(**(extra[index] if extra else {"source": source_of[clip.text]}))
                 for index, clip in enumerate(planned)]
         write_jsonl(out_dir / name / "data.jsonl", rows)
-    manifest = _manifest(train, dev, heldout, out_dir, model_dir, seed)
+    manifest = _manifest(train, dev, heldout, out_dir, model_dir, seed, tokenizer)
     atomic_write_json(out_dir / "corpus.json", manifest)
     return manifest
 
@@ -88,10 +101,7 @@ def _hours(split_dir: Path, clips: list[PlannedClip]) -> float:
     return round(sum(soundfile.info(str(split_dir / clip.audio)).duration for clip in clips) / 3600, 3)
 
 
-def _manifest(train, dev, heldout, out_dir: Path, model_dir: Path, seed: int) -> dict:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def _manifest(train, dev, heldout, out_dir: Path, model_dir: Path, seed: int, tokenizer) -> dict:
     voices = sorted({clip.voice for clip in train})
     return {
         "seed": seed,
@@ -111,9 +121,13 @@ def _manifest(train, dev, heldout, out_dir: Path, model_dir: Path, seed: int) ->
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help=f"corpus folder (default $SPEECH_LLAMA_CACHE/{CORPUS_NAME})")
     parser.add_argument("--model", type=Path, help="model folder whose frozen encoder is cached (default: offline-mini)")
-    parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"training clips (default {DEFAULT_CLIPS})")
+    parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
+                        help=f"training clips of sentences (default {DEFAULT_CLIPS}); the word lists come on top")
     parser.add_argument("--llm-questions", type=int, default=3000, help="questions the base LLM writes over topics")
     parser.add_argument("--llm-sentences", type=int, default=6000, help="sentences the LLM writes, one per frequent word")
+    parser.add_argument("--list-words", type=int, default=LIST_WORDS,
+                        help=f"frequency-list words read in word lists, each in {LIST_HEARINGS} lists "
+                             f"(default {LIST_WORDS}; 0: no lists)")
     parser.add_argument("--workers", type=int, default=2, help="synthesis + encoder processes (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -124,9 +138,11 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.clips < 1 or args.workers < 1:
         raise ValueError("--clips and --workers must be at least 1")
+    if args.list_words < 0:
+        raise ValueError(f"--list-words must be 0 or more, got {args.list_words}")
     model_dir = args.model or offline_mini_dir()
     manifest = build_corpus(args.out or default_corpus_dir(), model_dir, clips=args.clips,
                             llm_questions=args.llm_questions, llm_sentences=args.llm_sentences,
-                            workers=args.workers, seed=args.seed, progress=not args.no_progress)
+                            list_words=args.list_words, workers=args.workers, seed=args.seed, progress=not args.no_progress)
     print({name: split for name, split in manifest["splits"].items()}, manifest["coverage"]["word_coverage"])
     return manifest

@@ -57,9 +57,11 @@ def clip_stem(index: int, text: str, voice: str, perturbation: Perturbation) -> 
     return f"{index:06d}-{digest}"
 
 
-def plan_clips(texts: list[str], voices: list[Voice], total_clips: int, seed: int) -> list[PlannedClip]:
+def plan_clips(texts: list[str], voices: list[Voice], total_clips: int, seed: int,
+               first_index: int = 0) -> list[PlannedClip]:
     """Every text once, then random texts again until `total_clips`; each reading gets a random
-    training voice (a text's readings use different voices) and a random perturbation."""
+    training voice (a text's readings use different voices) and a random perturbation.
+    Stems are numbered from `first_index` (a second plan in the same split continues the count)."""
     rng = random.Random(seed)
     readings = list(range(len(texts))) + [rng.randrange(len(texts)) for _ in range(max(0, total_clips - len(texts)))]
     voices_used: dict[int, set[str]] = {}
@@ -72,7 +74,7 @@ def plan_clips(texts: list[str], voices: list[Voice], total_clips: int, seed: in
         perturbation = Perturbation(rng.choice(TEMPOS), rng.choice(REVERBS), rng.choice(NOISE_SNRS_DB))
         text = texts[text_index]
         clips.append(PlannedClip(text, voice.name, perturbation, round(rng.uniform(*PEAK_RANGE), 3),
-                                 clip_stem(index, text, voice.name, perturbation)))
+                                 clip_stem(first_index + index, text, voice.name, perturbation)))
     return clips
 
 

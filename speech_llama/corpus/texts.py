@@ -6,6 +6,11 @@ subjects spoken questions are about), and one sentence per word of a word-freque
 questions are heard many times. Generated text is cleaned to one plain sentence a TTS engine
 reads as written (letters and basic punctuation, no digits, 4–20 words). No text equal to a
 held-out question (normalised) is kept.
+
+A word's one LLM sentence often leaves the word out (or is dropped by the cleaning), and the
+adaptor's CTC head recognises almost only words it has heard many times (held-out recall of a
+content word: 1 % unheard, 4 % heard 1–2 times, 45 % 3–9 times, 87 % 10 times or more). So the
+same frequency list is also read as word lists: every word in `hearings` different lists.
 """
 
 from __future__ import annotations
@@ -68,6 +73,36 @@ def frequent_words(count: int, skip: int = 100) -> list[str]:
         raise ImportError("the corpus needs the word-frequency list. Fix: pip install wordfreq") from error
     words = [word for word in top_n_list("en", (count + skip) * 3) if word.isalpha() and word.isascii() and len(word) >= 3]
     return words[skip : skip + count]
+
+
+def word_lists(words: list[str], tokenizer, *, hearings: int, per_list: int, seed: int) -> list[str]:
+    """Comma-separated lists of `per_list` words ("Thailand, window, river."), each word in exactly `hearings` lists.
+
+    A word is written capitalised when the LLM's tokenizer spells " Word" in fewer tokens than
+    " word" (names: " Thailand" is one token, " thailand" several), so the CTC targets are the
+    tokens the word has inside ordinary text. Each hearing is one shuffled pass over the words cut
+    into lists, so a list never holds a word twice (a pass's last list may be shorter).
+    """
+    if hearings < 1 or per_list < 1:
+        raise ValueError(f"word lists need hearings ≥ 1 and per_list ≥ 1, got {hearings} and {per_list}")
+    cased = list(dict.fromkeys(_text_casing(word, tokenizer) for word in words))
+    rng = random.Random(seed)
+    lists = []
+    for _ in range(hearings):
+        order = list(cased)
+        rng.shuffle(order)
+        for start in range(0, len(order), per_list):
+            text = ", ".join(order[start : start + per_list]) + "."
+            lists.append(text[0].upper() + text[1:])
+    return lists
+
+
+def _text_casing(word: str, tokenizer) -> str:
+    def length(spelling: str) -> int:
+        return len(tokenizer(" " + spelling, add_special_tokens=False)["input_ids"])
+
+    capitalised = word.capitalize()
+    return capitalised if length(capitalised) < length(word) else word
 
 
 def llm_prompts(num_questions: int, num_sentences: int, seed: int) -> list[str]:
@@ -166,7 +201,7 @@ def distinct_texts(sources: Iterable[tuple[str, str]], held_out: Iterable[str]) 
 def corpus_texts(prompts: list[str], held_out: list[str], cache_dir: Path, *, num_questions: int,
                  num_sentences: int, seed: int = 0, progress: bool = True,
                  replies: Callable[..., list[str]] = generate_replies) -> list[tuple[str, str]]:
-    """All training texts as (source, text): the given prompts, then cleaned LLM-written sentences."""
+    """All sentence texts as (source, text): the given prompts, then cleaned LLM-written sentences."""
     llm = [clean_generated(reply) for reply in
            replies(llm_prompts(num_questions, num_sentences, seed), cache_dir, seed=seed, progress=progress)]
     sources = [("prompts", text) for text in prompts] + [("llm", text) for text in llm if text]
