@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": ("apps.demo", "serve the Gradio Space (importance explorer + try-it) on localhost"),
     "reproduce": ("apps.reproduce", "the seed paper's experiments in miniature, end to end (results.json + report.md)"),
     "eval": ("speech_llama.evaluation", "spoken-QA accuracy: T2T, S2T, the Whisper-ASR cascade, or read-back WER (batched, greedy)"),
+    "eval-diff": ("speech_llama.eval_diff", "two eval runs on the same questions: accuracies and their paired difference, 95 % bootstrap"),
 }
 PROG = "speech-llama"
 

@@ -27,6 +27,7 @@ from .files import atomic_write_json, write_jsonl
 from .generate import TRANSCRIPT_INSTRUCTION, load_model
 from .records import Locator, load_located_records
 from .remote_code import add_trust_argument, load_processor
+from .statistics import bootstrap_interval
 from .text import normalized
 
 TASKS = ("t2t", "s2t", "cascade", "readback")
@@ -161,9 +162,11 @@ def evaluate_model(
         scored = load_metric("spoken_qa_accuracy").compute(
             predictions=predictions, references=[item.answers for item in items], return_hits=True
         )
+    interval = bootstrap_interval(scored["hits"])
     metrics = {
         "task": task,
         "accuracy": scored["accuracy"],
+        "accuracy_ci95": [interval["low"], interval["high"]],
         **({"wer": scored["wer"]} if task == "readback" else {}),
         "n": len(items),
         "samples_per_s": len(items) / elapsed if elapsed > 0 else math.inf,
