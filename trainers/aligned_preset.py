@@ -1,6 +1,6 @@
 """The `offline-mini-aligned` preset: offline-mini whose adaptor understands speech, built once and cached.
 
-Stages, each cached under ``$SPEECH_LLAMA_CACHE/offline-mini-aligned-v2`` and resumable after
+Stages, each cached under ``$SPEECH_LLAMA_CACHE/offline-mini-aligned-v3`` and resumable after
 kill -9: the speech corpus (`speech-llama corpus`), CTC alignment of the adaptor on its cached
 encoder states (`trainers.speech_alignment`), DiVA-style distillation from the same LLM reading the
 transcripts (`trainers.speech_distillation`), the exported model folder. LLM and encoder stay frozen
@@ -20,15 +20,18 @@ from speech_llama.files import atomic_write_json
 from trainers.speech_alignment import AlignmentSettings, ctc_word_error_rate, load_split, train_alignment
 from trainers.speech_distillation import DistillationSettings, distill, teacher_responses
 
-ALIGNED_NAME = "offline-mini-aligned-v2"
+ALIGNED_NAME = "offline-mini-aligned-v3"
 # v2: the blank has its own learned direction (v1 scored it against `<speech>`'s row and never
 # emitted it), each CTC segment reaches the LLM once, and blank frames read as a space.
-ALIGNED_ADAPTOR = {"adaptor_output": "embedding_mixture", "adaptor_learned_blank": True, "adaptor_collapse_repeats": True}
+# v3: aligned on corpus-v2 (word lists: every frequency-list word heard in 8 lists), and the silent
+# frames (blank or repeat) are masked out of the LLM's attention instead of read as spaces.
+ALIGNED_ADAPTOR = {"adaptor_output": "embedding_mixture", "adaptor_learned_blank": True, "adaptor_collapse_repeats": True,
+                   "adaptor_mask_silent_frames": True}
 
 
 @dataclass
 class AlignedRecipe:
-    alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(steps=1600))
+    alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(steps=3000))
     # Off by default: 300 steps on 2 000 clips (23 min) moved held-out S2T from 22 to 24 of 404 (README).
     distillation: DistillationSettings | None = None
     distillation_clips: int = 1000  # training clips whose transcripts the teacher answers
@@ -101,8 +104,8 @@ def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
     alignment = recipe.get("alignment", {})
     distillation = recipe.get("distillation")
     train = summary.get("corpus", {}).get("train", {})
-    notes = [f"Adaptor output: embedding mixture over the LLM's token embeddings (LegoSLM-style), learned CTC blank "
-             f"read as a space, repeats collapsed; CTC over the LLM vocabulary for {alignment.get('steps', '?')} steps of "
+    notes = [f"Adaptor output: embedding mixture over the LLM's token embeddings (LegoSLM-style), learned CTC blank; "
+             f"blank and repeated frames masked out of the LLM's attention; CTC over the LLM vocabulary for {alignment.get('steps', '?')} steps of "
              f"{alignment.get('batch_size', '?')} on {train.get('clips', '?')} synthetic clips ({train.get('hours', '?')} h, "
              "14 offline TTS voices; speaker slt held out). LLM and Whisper encoder frozen: text ability is the base model's."]
     if distillation:

@@ -3,7 +3,8 @@
 Stages (each writes its outputs under DIR and is skipped when they already exist, so an
 interrupted run continues where it stopped):
 
-1. model      — build the preset's model (offline-mini on CPU).
+1. model      — build the preset's model (cpu-mini: offline-mini-aligned, its cached alignment reused;
+                --fast: offline-mini).
 2. data       — training prompts from `data/train_questions.jsonl` answered by the base LLM itself
                 (self-distilled responses, greedy), and QA test sets; all spoken with Piper.
 3. importance — text- and speech-input importance of the pre-trained model; deactivation check

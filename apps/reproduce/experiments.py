@@ -9,12 +9,20 @@ METHODS = ("full", "layer_lr", "lora")
 ALIGN = "adaptor"  # the shared alignment stage (trainers' method `adaptor` with CTC: LLM frozen)
 
 
+def comparisons(trained_names: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(task, a, b) pairs whose paired difference a − b the claims rest on: does Layer-LR / LoRA keep
+    more T2T than Full-FT, and does each method's S2T rise above the model it started from (the
+    aligned-only model: No-FT when the build preset is aligned, else the shared alignment stage)?"""
+    start = ALIGN if ALIGN in trained_names else "no_ft"
+    return [("t2t", "layer_lr", "full"), ("t2t", "lora", "full")] + [("s2t", method, start) for method in METHODS]
+
+
 @dataclass
 class ExperimentPreset:
     """Sizes and settings of one reproduction (chosen before looking at results)."""
 
     name: str
-    llm: str | None  # None: the offline-mini build
+    llm: str | None  # None: an offline build preset (`model_preset`)
     encoder: str | None
     train_records: int
     importance_records: int  # D: QA records for importance (first N of general_knowledge_qa)
@@ -25,6 +33,7 @@ class ExperimentPreset:
     learning_rate: float
     lora_learning_rate: float
     adaptor_learning_rate: float
+    model_preset: str = "offline-mini"  # `speech-llama build --preset` when llm is None
     align_steps: int = 0  # CTC alignment steps of the adaptor (LLM frozen), run once; every method starts from them
     align_records: int = 0  # spoken training prompts the alignment reads (the methods' prompts are a prefix)
     align_batch_size: int = 16
@@ -43,7 +52,9 @@ EXPERIMENT_PRESETS = {
     "cpu-mini": ExperimentPreset(
         name="cpu-mini", llm=None, encoder=None, train_records=480, importance_records=200, ppl_records=100,
         test_records=100, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
-        adaptor_learning_rate=1e-3, align_steps=300, align_records=1200, train_bf16=True, max_new_tokens=32,
+        adaptor_learning_rate=1e-3, train_bf16=True, max_new_tokens=32,
+        # The cached aligned preset (its alignment is reused, not rerun): No-FT is the aligned-only model.
+        model_preset="offline-mini-aligned",
     ),
     "cpu-mini-fast": ExperimentPreset(
         name="cpu-mini-fast", llm=None, encoder=None, train_records=40, importance_records=24, ppl_records=16,

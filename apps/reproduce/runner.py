@@ -8,11 +8,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from speech_llama.eval_diff import compare_runs, correct_column
 from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
+from speech_llama.statistics import bootstrap_interval
 
 from .configs import write_train_config
 from .distill import self_distil
-from .experiments import ALIGN, METHODS, ExperimentPreset
+from .experiments import ALIGN, METHODS, ExperimentPreset, comparisons
 from .layout import RunLayout, done
 from .report import hypotheses, render_report
 from .splits import qa_splits, training_prompts
@@ -52,7 +54,7 @@ class Reproduction(RunLayout):
         if done(self.base_model / "config.json"):
             return
         if self.preset.llm is None:
-            run_command(["build", "--preset", "offline-mini", "--out", str(self.base_model)])
+            run_command(["build", "--preset", self.preset.model_preset, "--out", str(self.base_model)])
         else:
             run_command(["build", "--llm", self.preset.llm, "--encoder", self.preset.encoder, "--out", str(self.base_model),
                          "--dtype", self.preset.dtype])
@@ -144,7 +146,25 @@ class Reproduction(RunLayout):
         ppl_path = self.dir / "eval" / "perplexity.json"
         if not done(ppl_path):
             atomic_write_json(ppl_path, self._perplexity(models))
-        return {"table2": table2, "cascade": cascade, "perplexity": _read_json(ppl_path)}
+        return {"table2": table2, "cascade": cascade, "perplexity": _read_json(ppl_path),
+                "intervals": self._intervals(models), "differences": self._differences()}
+
+    def _eval_dir(self, name: str, task: str) -> Path:
+        if name == ALIGN and task == "t2t":  # not re-run: No-FT's answers (same frozen LLM)
+            name = "no_ft"
+        return self.dir / "eval" / name / task
+
+    def _intervals(self, models: dict[str, Path]) -> dict[str, dict[str, dict]]:
+        """95 % bootstrap interval of every Table 2 accuracy (and the cascade's), over the test questions."""
+        intervals = {name: {task: bootstrap_interval(correct_column(self._eval_dir(name, task))[1]) for task in ("t2t", "s2t")}
+                     for name in models}
+        intervals["cascade"] = {"s2t": bootstrap_interval(correct_column(self.dir / "eval" / "cascade")[1])}
+        return intervals
+
+    def _differences(self) -> dict[str, dict]:
+        """Paired 95 % bootstrap intervals of the differences the claims rest on (`report.COMPARISONS`)."""
+        return {f"{task}: {a} − {b}": compare_runs(self._eval_dir(a, task), self._eval_dir(b, task))["a_minus_b"]
+                for task, a, b in comparisons(self.trained_names)}
 
     def _perplexity(self, models: dict[str, Path]) -> dict[str, dict[str, float]]:
         from speech_llama.generate import load_model
@@ -209,7 +229,9 @@ class Reproduction(RunLayout):
             "shift": shift,
             "training": {m: {"first_loss": (s["loss_curve"] or [None])[0], "last_loss": (s["loss_curve"] or [None])[-1],
                              "steps": s.get("global_step")} for m, s in training.items()},
-            "hypotheses": hypotheses(table1, shift, evaluation["table2"]),
+            "intervals": evaluation["intervals"],
+            "differences": evaluation["differences"],
+            "hypotheses": hypotheses(table1, shift, evaluation["table2"], evaluation["differences"]),
             "stage_seconds": self.timings,
             "wall_s": round(time.perf_counter() - started, 1),
         }
