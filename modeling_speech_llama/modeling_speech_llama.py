@@ -413,7 +413,8 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         if getattr(outputs, "attention_mask", None) is not None:
             model_kwargs["attention_mask"] = outputs.attention_mask
             if model_kwargs.get("position_ids") is not None:
-                model_kwargs["position_ids"] = (outputs.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                model_kwargs["position_ids"] = self._position_ids_from_mask(outputs.attention_mask,
+                                                                            outputs.attention_mask.shape[1])
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):

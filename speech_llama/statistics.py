@@ -23,9 +23,12 @@ def _outcomes(values: Sequence[float | bool], name: str) -> np.ndarray:
     return array
 
 
-def _interval(resampled_means: np.ndarray, level: float) -> tuple[float, float]:
+def _interval(outcomes: np.ndarray, level: float, samples: int, seed: int) -> tuple[float, float]:
+    """Percentile interval of the mean over `samples` seeded resamplings of the questions."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, outcomes.size, size=(samples, outcomes.size))
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(resampled_means, [tail, 1.0 - tail])
+    low, high = np.quantile(outcomes[picks].mean(axis=1), [tail, 1.0 - tail])
     return round(float(low), 4), round(float(high), 4)
 
 
@@ -33,9 +36,7 @@ def bootstrap_interval(values: Sequence[float | bool], level: float = 0.95, samp
                        seed: int = 0) -> dict:
     """{"mean", "low", "high"}: the mean of per-question outcomes (1 correct, 0 not) and its percentile interval."""
     outcomes = _outcomes(values, "bootstrap_interval")
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, outcomes.size, size=(samples, outcomes.size))
-    low, high = _interval(outcomes[picks].mean(axis=1), level)
+    low, high = _interval(outcomes, level, samples, seed)
     return {"mean": round(float(outcomes.mean()), 4), "low": low, "high": high, "level": level, "n": int(outcomes.size)}
 
 
@@ -47,9 +48,7 @@ def paired_difference(a: Sequence[float | bool], b: Sequence[float | bool], leve
         raise ValueError(f"paired_difference: the two methods were scored on {first.size} and {second.size} "
                          "questions; a paired interval needs the same questions in the same order")
     differences = first - second
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, differences.size, size=(samples, differences.size))
-    low, high = _interval(differences[picks].mean(axis=1), level)
+    low, high = _interval(differences, level, samples, seed)
     return {"difference": round(float(differences.mean()), 4), "low": low, "high": high, "level": level,
             "n": int(differences.size), "excludes_zero": bool(low > 0 or high < 0)}
 

@@ -138,10 +138,7 @@ class Reproduction(RunLayout):
         for name, model_dir in models.items():
             table2[name] = {}
             for task in ("t2t", "s2t"):
-                if name == ALIGN and task == "t2t":  # the alignment leaves the LLM frozen: No-FT's text answers
-                    table2[name][task] = table2["no_ft"][task]
-                    continue
-                table2[name][task] = self._eval(model_dir, task, self.dir / "eval" / name / task)
+                table2[name][task] = self._eval(model_dir, task, self._eval_dir(name, task))
         cascade = self._eval(self.base_model, "cascade", self.dir / "eval" / "cascade")
         ppl_path = self.dir / "eval" / "perplexity.json"
         if not done(ppl_path):
@@ -150,7 +147,7 @@ class Reproduction(RunLayout):
                 "intervals": self._intervals(models), "differences": self._differences()}
 
     def _eval_dir(self, name: str, task: str) -> Path:
-        if name == ALIGN and task == "t2t":  # not re-run: No-FT's answers (same frozen LLM)
+        if name == ALIGN and task == "t2t":  # the alignment leaves the LLM frozen: No-FT's text answers, not re-run
             name = "no_ft"
         return self.dir / "eval" / name / task
 
