@@ -12,30 +12,43 @@ import math
 
 import pytest
 
-from apps.reproduce import ALIGN, EXPERIMENT_PRESETS, METHODS, Reproduction, hypotheses, training_prompts
+from apps.reproduce import ALIGN, DISTILL, EXPERIMENT_PRESETS, METHODS, Reproduction, hypotheses, training_prompts
 
 pytestmark = pytest.mark.real_weights
 
 SMALL = dataclasses.replace(
-    EXPERIMENT_PRESETS["cpu-mini-fast"], name="cpu-mini-fast-test", train_records=8, importance_records=8, ppl_records=8,
+    EXPERIMENT_PRESETS["cpu-mini-fast"], name="cpu-mini-fast-test", train_records=8, ppl_records=8,
     test_records=8, max_steps=2, align_steps=2, batch_size=4, max_new_tokens=8, response_tokens=12,
 )
 
 
+COMMANDS: list[list[str]] = []  # every `speech-llama` command the fixture's run called
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
+    from unittest import mock
+
+    from apps.reproduce import runner
+
     out_dir = tmp_path_factory.mktemp("reproduce")
-    return out_dir, Reproduction(SMALL, out_dir, progress=False).run()
+    original = runner.run_command
+    with mock.patch.object(runner, "run_command", side_effect=lambda argv: COMMANDS.append(argv) or original(argv)):
+        return out_dir, Reproduction(SMALL, out_dir, progress=False).run()
 
 
 def test_results_hold_every_table(reproduced):
     out_dir, results = reproduced
     assert json.loads((out_dir / "results.json").read_text()) == results
-    for kind in ("text", "speech"):
-        ppl = results["table1"][kind]["ppl"]
-        assert set(ppl) == {"base", "top", "bottom", "random"}
-        assert all(math.isfinite(value) and value > 1 for value in ppl.values())
-    assert set(results["table2"]) == {"no_ft", ALIGN, *METHODS}
+    for row in ("table1", "table1_short_answers"):
+        for kind in ("text", "speech"):
+            ppl = results[row][kind]["ppl"]
+            assert set(ppl) == {"base", "top", "bottom", "random"}
+            assert all(math.isfinite(value) and value > 1 for value in ppl.values())
+    assert set(results["table2"]) == {"no_ft", ALIGN, *METHODS, DISTILL}
+    # The distilled adaptor leaves the LLM frozen: its T2T answers are No-FT's.
+    assert results["table2"][DISTILL]["t2t"] == results["table2"]["no_ft"]["t2t"]
+    assert results["perplexity"][DISTILL]["text"] == results["perplexity"]["no_ft"]["text"]
     for row in results["table2"].values():
         assert set(row) == {"t2t", "s2t"} and all(0 <= value <= 1 for value in row.values())
     assert 0 <= results["cascade"] <= 1
@@ -52,10 +65,10 @@ def test_results_hold_every_table(reproduced):
             assert interval["mean"] == pytest.approx(accuracy, abs=1e-4) and interval["low"] <= accuracy <= interval["high"]
             assert interval["n"] == SMALL.test_records
     assert set(results["differences"]) == {"t2t: layer_lr − full", "t2t: lora − full",
-                                           *(f"s2t: {m} − {ALIGN}" for m in METHODS)}
+                                           *(f"s2t: {m} − {ALIGN}" for m in (*METHODS, DISTILL))}
     for label, row in results["differences"].items():
         assert row["low"] <= row["difference"] <= row["high"] and row["n"] == SMALL.test_records, label
-    assert {name: row["steps"] for name, row in results["training"].items()} == {ALIGN: 2, **{m: 2 for m in METHODS}}
+    assert {name: row["steps"] for name, row in results["training"].items()} == {ALIGN: 2, **{m: 2 for m in (*METHODS, DISTILL)}}
     assert results["wall_s"] > 0 and set(results["stage_seconds"]) >= {"data", "importance", "train", "evaluate"}
 
 
@@ -70,15 +83,29 @@ def test_report_states_tables_claims_and_figures(reproduced):
     assert "Paired differences over the same test questions" in report
     figures = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert figures and all((out_dir / figure).is_file() for figure in figures)
+    assert "figures/accuracy.png" in figures  # Table 2 with its intervals
 
 
 def test_no_test_question_is_trained_on(reproduced):
     out_dir, _ = reproduced
-    read = lambda name: {json.loads(line)["question"] for line in (out_dir / "data" / "text" / name).read_text().splitlines()}
+    read = lambda path: {json.loads(line)["question"] for line in path.read_text().splitlines()}
+    text = lambda name: read(out_dir / "data" / "text" / name)
     for training in ("train.jsonl", "align.jsonl"):
-        assert not read(training) & read("test.jsonl")
-        assert not read(training) & read("importance.jsonl")
-    assert read("train.jsonl") <= read("align.jsonl")
+        assert not text(training) & text("test.jsonl")
+        assert not text(training) & text("ppl.jsonl")  # Table 1's held-out responses
+    assert text("train.jsonl") <= text("align.jsonl")
+    # D is the first 1/30 of the training records (at least one importance batch), responses included.
+    importance = [json.loads(line) for line in (out_dir / "data" / "train" / "importance.jsonl").read_text().splitlines()]
+    assert len(importance) == SMALL.importance_batch_size and all(row["response"] for row in importance)
+    assert {row["question"] for row in importance} <= text("train.jsonl")
+
+
+def test_held_out_sets_are_read_by_the_held_out_voice(reproduced):
+    spoken = {argv[argv.index("--out") + 1].rsplit("/", 1)[-1]: argv for argv in COMMANDS if argv[0] == "synthesize"}
+    assert set(spoken) == {"test", "ppl", "train"}
+    for split in ("test", "ppl"):
+        assert spoken[split][spoken[split].index("--voice") + 1] == "festival-slt"
+    assert "--voice" not in spoken["train"]  # Piper joe, a training voice
 
 
 def test_a_second_run_reuses_every_stage(reproduced):
@@ -92,3 +119,47 @@ def test_training_prompts_mix_questions_and_instructions():
     kinds = {prompt["kind"] for prompt in training_prompts(40)}
     assert kinds == {"qa", "instruction"}
     assert training_prompts(40) == training_prompts(40)
+
+
+def test_lora_rank_ablation_adds_table3_and_reuses_the_main_lora(reproduced):
+    out_dir, results = reproduced
+    ablated = Reproduction(SMALL, out_dir, progress=False).run_ablation("lora-rank")
+    table3 = ablated["table3"]
+    assert table3["main_rank"] == 16 and list(table3["ranks"]) == ["8", "16", "24"]
+    assert table3["ranks"]["16"]["run"] == "lora" and table3["ranks"]["16"]["t2t"] == results["table2"]["lora"]["t2t"]
+    for rank in ("8", "24"):
+        row = table3["ranks"][rank]
+        assert row["steps"] == SMALL.max_steps
+        assert {"difference", "low", "high"} <= row["s2t_minus_rank_16"].keys()
+        config = (out_dir / "configs" / f"lora-r{rank}.yaml").read_text()
+        assert f"lora_r: {rank}" in config and f"train/lora-r{rank}" in config
+    assert json.loads((out_dir / "results.json").read_text())["table3"] == table3
+    assert "Table 3 — LoRA rank" in (out_dir / "report.md").read_text()
+    with pytest.raises(ValueError, match="unknown ablation 'depth'"):
+        Reproduction(SMALL, out_dir, progress=False).run_ablation("depth")
+
+
+def test_seeds_repeat_every_method_and_report_the_spread(reproduced):
+    out_dir, results = reproduced
+    repeated = Reproduction(SMALL, out_dir, progress=False).run_seeds(2)
+    seeds = repeated["seeds"]
+    assert seeds["n"] == 2 and set(seeds["methods"]) == {*METHODS, DISTILL}
+    for method, row in seeds["methods"].items():
+        assert row["s2t"]["values"][0] == results["table2"][method]["s2t"]
+        assert len(row["t2t"]["values"]) == 2 and row["t2t"]["std"] >= 0
+    assert "seed: 1" in (out_dir / "configs" / "full-seed1.yaml").read_text()
+    assert seeds["methods"][DISTILL]["t2t"]["values"] == [results["table2"]["no_ft"]["t2t"]] * 2
+    assert "Across 2 seeds" in (out_dir / "report.md").read_text()
+    with pytest.raises(ValueError, match="at least 2"):
+        Reproduction(SMALL, out_dir, progress=False).run_seeds(1)
+
+
+def test_held_out_prompts_never_overlap_the_training_prompts():
+    from apps.reproduce.splits import held_out_prompts, qa_splits
+
+    held_out = {row["question"] for row in held_out_prompts(300, 480)}
+    assert len(held_out) == 300 and not held_out & {row["question"] for row in training_prompts(480)}
+    with pytest.raises(ValueError, match="overlap: data/train_questions.jsonl has 2195"):
+        held_out_prompts(300, 2000)
+    with pytest.raises(ValueError, match="more than the 404 held-out QA questions"):
+        qa_splits(dataclasses.replace(SMALL, test_records=500))

@@ -87,3 +87,36 @@ def _kept_embeddings(model, ids: list[int], frames: torch.Tensor, silent: torch.
     keep = torch.ones(len(ids), dtype=torch.bool)
     keep[placeholder] = ~silent
     return embeds[keep][None]
+
+
+def _spoken_records(folder, rows: list[dict]):
+    import soundfile
+
+    from speech_llama.files import write_jsonl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for index, row in enumerate(rows):
+        soundfile.write(str(folder / f"{index}.wav"), (0.1 * rng.standard_normal(12000)).astype(np.float32), 16000)
+        row["audio"] = f"{index}.wav"
+    return write_jsonl(folder / "qa.jsonl", rows)
+
+
+def test_distil_model_folder_exports_an_adaptor_only_model(tiny_model_dir, tmp_path):
+    import pytest
+
+    from trainers.speech_distillation import distil_model_folder
+
+    records = _spoken_records(tmp_path / "data", [{"question": t, "response": "An answer."} for t in TEXTS])
+    settings = DistillationSettings(steps=2, batch_size=2, checkpoint_every=1, bf16=False)
+    final = distil_model_folder(tiny_model_dir, records, tmp_path / "distill", settings, progress=False)
+    trained, _ = load_model(final)
+    base, _ = load_model(tiny_model_dir)
+    assert all(torch.equal(trained.language_model.state_dict()[k], v) for k, v in base.language_model.state_dict().items())
+    assert not torch.equal(trained.adaptor.linear_1.weight, base.adaptor.linear_1.weight)
+    assert (tmp_path / "distill" / "distillation-log.jsonl").is_file()
+    assert distil_model_folder(tiny_model_dir, records, tmp_path / "distill", settings, progress=False) == final
+
+    missing = _spoken_records(tmp_path / "bad", [{"question": t, "response": ""} for t in TEXTS])
+    with pytest.raises(ValueError, match=r"qa.jsonl, line 1: no 'response'"):
+        distil_model_folder(tiny_model_dir, missing, tmp_path / "bad-out", settings, progress=False)

@@ -147,3 +147,49 @@ def distill(model, processor, clips: list[CachedClip], responses: list[str], out
                 handle.write("".join(json.dumps(entry) + "\n" for entry in log))
             log = []
     return {"steps": settings.steps, "settings": asdict(settings)}
+
+
+def spoken_response_clips(model, processor, rows: list[dict], source: Path) -> tuple[list[CachedClip], list[str]]:
+    """Encoder states of spoken records (`audio` read relative to `source`, a JSONL file) with their
+    transcripts' tokens, and each record's `response`: the frozen LLM's own answer to the typed question."""
+    from speech_llama.audio import read_audio
+    from speech_llama.corpus.encoder import FrozenSpeechEncoder
+
+    encoder = FrozenSpeechEncoder(model=model, processor=processor)
+    clips, responses = [], []
+    for line, row in enumerate(rows, start=1):
+        where = f"{source}, line {line}, column 'audio'"
+        if not str(row.get("response") or "").strip():
+            raise ValueError(f"{source}, line {line}: no 'response' to distil from")
+        states = encoder.states(read_audio(str(source.parent / row["audio"]), where=where), where)
+        ids = processor.tokenizer(row["question"], add_special_tokens=False)["input_ids"]
+        clips.append(CachedClip(states, ids, row["question"]))
+        responses.append(row["response"])
+    return clips, responses
+
+
+def distil_model_folder(model_dir: Path, records: Path, out_dir: Path, settings: DistillationSettings,
+                        progress: bool = True) -> Path:
+    """Adaptor-only distillation of `model_dir` on spoken records with self-distilled responses
+    (`records`: JSONL of question, response, audio) → `out_dir/final`, resumable from `out_dir`.
+
+    The responses must come from the same frozen LLM reading the typed question (as the
+    reproduction's training records do), so they are the teacher's own answers."""
+    from speech_llama.build import BuildInfo, save_model_folder
+    from speech_llama.generate import load_model
+
+    final = out_dir / "final"
+    if (final / "config.json").is_file():
+        return final
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = load_model(model_dir)
+    clips, responses = spoken_response_clips(model, processor, read_jsonl(records), records)
+    if len(clips) < settings.batch_size:
+        raise ValueError(f"{records}: {len(clips)} records, fewer than one batch of {settings.batch_size}")
+    distill(model, processor, clips, responses, out_dir, settings, progress)
+    model.requires_grad_(False)
+    info = BuildInfo(llm=f"frozen, from {model_dir}", encoder=f"frozen, from {model_dir}", preset="distill",
+                     notes=[f"Adaptor distilled from the frozen LLM reading the transcripts (DiVA-style KL + "
+                            f"{settings.ctc_weight} × CTC), {settings.steps} steps of {settings.batch_size} on {records}."])
+    save_model_folder(model, processor, final, info)
+    return final

@@ -11,6 +11,8 @@ interrupted run continues where it stopped):
                 (Table 1) for both inputs.
 4. train      — Stage 1 with Full-FT, Layer-LR (from stage 3's text summary) and LoRA: same data,
                 steps and seed; then text-input importance of each trained model.
+   Then distill: the adaptor alone distilled from the frozen LLM (DiVA-style) on the same data and steps.
+   (--ablation lora-rank, after stage 6: Table 3, LoRA at rank 8 / 16 / 24 on the same data.)
 5. evaluate   — No-FT and per-method T2T / S2T accuracy, the Whisper-ASR cascade, perplexity.
 6. report     — `results.json`, `report.md` and figures (Fig. 1–4 analogues).
 
@@ -29,7 +31,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .experiments import ALIGN, EXPERIMENT_PRESETS, METHODS, ExperimentPreset
+from .experiments import ALIGN, DISTILL, EXPERIMENT_PRESETS, METHODS, ExperimentPreset
 from .report import hypotheses, render_report
 from .runner import Reproduction, run_command
 from .splits import training_prompts
@@ -39,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("cpu-mini", "gpu-1b"), default="cpu-mini")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--fast", action="store_true", help="a ≤ 10 min smoke run of every stage (tiny sizes)")
+    parser.add_argument("--ablation", choices=("lora-rank",),
+                        help="after the main run (its stages reused), Table 3: LoRA at rank 8 / 16 / 24")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every method with seeds 0 … N-1 (same data and steps) and report mean ± spread")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -46,7 +52,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; pass a folder (new, or one a run wrote, to resume it)")
     name = "cpu-mini-fast" if args.fast and args.preset == "cpu-mini" else args.preset
-    results = Reproduction(EXPERIMENT_PRESETS[name], args.out, progress=not args.no_progress).run()
+    reproduction = Reproduction(EXPERIMENT_PRESETS[name], args.out, progress=not args.no_progress)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be 1 or more, got {args.seeds}")
+    results = reproduction.run_ablation(args.ablation) if args.ablation else reproduction.run()
+    if args.seeds > 1:
+        results = reproduction.run_seeds(args.seeds, results)
     print(json.dumps({"hypotheses": {k: v["held"] for k, v in results["hypotheses"].items()}, "wall_s": results["wall_s"]}))
     print(f"report: {Path(args.out) / 'report.md'}")
     return results
@@ -54,6 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 __all__ = [
     "ALIGN",
+    "DISTILL",
     "EXPERIMENT_PRESETS",
     "METHODS",
     "ExperimentPreset",

@@ -10,9 +10,11 @@ from .experiments import ALIGN
 from .layout import RunLayout
 
 
-def train_config(layout: RunLayout, method: str, progress: bool = True) -> dict:
+def train_config(layout: RunLayout, method: str, progress: bool = True, lora_rank: int | None = None,
+                 run_name: str | None = None, seed: int = 0) -> dict:
     """The trainer keys of one method: same data, steps and seed for every method; the alignment
-    stage (`ALIGN`) trains the adaptor alone with CTC on the spoken prompts."""
+    stage (`ALIGN`) trains the adaptor alone with CTC on the spoken prompts. `lora_rank`, `seed` and
+    `run_name` (the folder under DIR/train) serve the LoRA-rank ablation and `--seeds`."""
     preset = layout.preset
     aligning = method == ALIGN
     config = {
@@ -24,7 +26,7 @@ def train_config(layout: RunLayout, method: str, progress: bool = True) -> dict:
         "max_length": 256,
         "transcript_ratio": preset.transcript_ratio,
         "adaptor_lr": preset.adaptor_learning_rate,
-        "output_dir": str(layout.train_dir(method)),
+        "output_dir": str(layout.train_dir(run_name or method)),
         "learning_rate": (preset.adaptor_learning_rate if aligning else
                           preset.lora_learning_rate if method == "lora" else preset.learning_rate),
         "lr_scheduler_type": "cosine",
@@ -39,19 +41,22 @@ def train_config(layout: RunLayout, method: str, progress: bool = True) -> dict:
         "report_to": "none",
         "use_cpu": preset.use_cpu,
         "bf16": preset.dtype == "bfloat16" or preset.train_bf16,
-        "seed": 0,
-        "data_seed": 0,
+        "seed": seed,
+        "data_seed": seed,
         "dataloader_num_workers": 0,
         "disable_tqdm": not progress,
     }
+    if method == "lora":
+        config["lora_r"] = lora_rank or preset.lora_rank
     if method == "layer_lr":
         config["importance"] = str(layout.importance("base-text").with_suffix(".json"))
     return config
 
 
-def write_train_config(layout: RunLayout, method: str, progress: bool = True) -> Path:
-    """Write `DIR/configs/METHOD.yaml` (keys in the order above) and return its path."""
-    path = layout.dir / "configs" / f"{method}.yaml"
+def write_train_config(layout: RunLayout, method: str, progress: bool = True, lora_rank: int | None = None,
+                       run_name: str | None = None, seed: int = 0) -> Path:
+    """Write `DIR/configs/RUN.yaml` (keys in the order above) and return its path."""
+    path = layout.dir / "configs" / f"{run_name or method}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(train_config(layout, method, progress), sort_keys=False))
+    path.write_text(yaml.safe_dump(train_config(layout, method, progress, lora_rank, run_name, seed), sort_keys=False))
     return path

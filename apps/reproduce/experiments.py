@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 
 METHODS = ("full", "layer_lr", "lora")
 ALIGN = "adaptor"  # the shared alignment stage (trainers' method `adaptor` with CTC: LLM frozen)
+# Beyond the paper: adaptor-only DiVA-style distillation from the frozen LLM reading the transcript, on
+# the methods' data, steps and seed. Its text ability is the start model's by construction: the
+# reference for how much S2T is reachable at zero textual cost.
+DISTILL = "distill"
+FROZEN_LLM = (ALIGN, DISTILL)  # runs whose LLM is the pre-trained one: their T2T and text PPL are No-FT's
+LORA_RANKS = (8, 16, 24)  # Table 3 (`--ablation lora-rank`); the main run's LoRA is `ExperimentPreset.lora_rank`
+
+
+def lora_run_name(rank: int, main_rank: int) -> str:
+    """The training folder of a LoRA rank: the main run's own `lora` for its rank, `lora-rR` for the others."""
+    return "lora" if rank == main_rank else f"lora-r{rank}"
 
 
 def comparisons(trained_names: tuple[str, ...]) -> list[tuple[str, str, str]]:
@@ -14,7 +25,7 @@ def comparisons(trained_names: tuple[str, ...]) -> list[tuple[str, str, str]]:
     more T2T than Full-FT, and does each method's S2T rise above the model it started from (the
     aligned-only model: No-FT when the build preset is aligned, else the shared alignment stage)?"""
     start = ALIGN if ALIGN in trained_names else "no_ft"
-    return [("t2t", "layer_lr", "full"), ("t2t", "lora", "full")] + [("s2t", method, start) for method in METHODS]
+    return [("t2t", "layer_lr", "full"), ("t2t", "lora", "full")] + [("s2t", method, start) for method in (*METHODS, DISTILL)]
 
 
 @dataclass
@@ -25,14 +36,14 @@ class ExperimentPreset:
     llm: str | None  # None: an offline build preset (`model_preset`)
     encoder: str | None
     train_records: int
-    importance_records: int  # D: QA records for importance (first N of general_knowledge_qa)
-    ppl_records: int  # held-out QA records for the perplexity of Table 1
-    test_records: int  # QA test set for Table 2 (demo_qa first, then the tail of general_knowledge_qa)
+    ppl_records: int  # held-out training-distribution prompts (base-LLM responses): Table 1's perplexity set
+    test_records: int  # held-out QA questions for Table 2 (the corpus's held-out split, held-out voice)
     max_steps: int
     batch_size: int
     learning_rate: float
     lora_learning_rate: float
     adaptor_learning_rate: float
+    lora_rank: int = 16
     model_preset: str = "offline-mini"  # `speech-llama build --preset` when llm is None
     align_steps: int = 0  # CTC alignment steps of the adaptor (LLM frozen), run once; every method starts from them
     align_records: int = 0  # spoken training prompts the alignment reads (the methods' prompts are a prefix)
@@ -50,20 +61,20 @@ class ExperimentPreset:
 
 EXPERIMENT_PRESETS = {
     "cpu-mini": ExperimentPreset(
-        name="cpu-mini", llm=None, encoder=None, train_records=480, importance_records=200, ppl_records=100,
-        test_records=100, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
+        name="cpu-mini", llm=None, encoder=None, train_records=480, ppl_records=300,
+        test_records=404, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
         adaptor_learning_rate=1e-3, train_bf16=True, max_new_tokens=32,
         # The cached aligned preset (its alignment is reused, not rerun): No-FT is the aligned-only model.
         model_preset="offline-mini-aligned",
     ),
     "cpu-mini-fast": ExperimentPreset(
-        name="cpu-mini-fast", llm=None, encoder=None, train_records=40, importance_records=24, ppl_records=16,
+        name="cpu-mini-fast", llm=None, encoder=None, train_records=40, ppl_records=16,
         test_records=16, max_steps=10, batch_size=4, learning_rate=1e-4, lora_learning_rate=5e-4,
         adaptor_learning_rate=1e-3, max_new_tokens=24, response_tokens=32, align_steps=20, align_records=80, train_bf16=True,
     ),
     "gpu-1b": ExperimentPreset(
-        name="gpu-1b", llm="meta-llama/Llama-3.2-1B-Instruct", encoder="openai/whisper-large-v3", train_records=2195,
-        importance_records=250, ppl_records=138, test_records=178, max_steps=600, batch_size=32,
+        name="gpu-1b", llm="meta-llama/Llama-3.2-1B-Instruct", encoder="openai/whisper-large-v3", train_records=1895,
+        ppl_records=300, test_records=404, max_steps=600, batch_size=32,
         learning_rate=2e-5, lora_learning_rate=2e-4, adaptor_learning_rate=1e-3, dtype="bfloat16", use_cpu=False,
         notes=["Needs Hub access and a GPU; LLaMA-Omni Stage-1 settings (lr 2e-5, cosine, 3 % warmup)."],
     ),

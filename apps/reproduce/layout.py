@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .experiments import ALIGN, METHODS, ExperimentPreset
+from .experiments import ALIGN, DISTILL, METHODS, ExperimentPreset
 
 
 class RunLayout:
@@ -31,6 +31,11 @@ class RunLayout:
         """The methods' training records: question, self-distilled response, audio (beside the spoken prompts)."""
         return self.spoken("train").parent / "qa.jsonl"
 
+    @property
+    def importance_data(self) -> Path:
+        """The importance set D: the first 1/30 of the methods' training records (beside them)."""
+        return self.spoken("train").parent / "importance.jsonl"
+
     def importance(self, name: str) -> Path:
         return self.dir / "importance" / f"{name}.safetensors"
 
@@ -47,7 +52,7 @@ class RunLayout:
 
     @property
     def trained_names(self) -> tuple[str, ...]:
-        return ((ALIGN,) if self.preset.align_steps else ()) + METHODS
+        return ((ALIGN,) if self.preset.align_steps else ()) + METHODS + (DISTILL,)
 
 
 def done(path: Path) -> bool:

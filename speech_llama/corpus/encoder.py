@@ -11,10 +11,15 @@ import torch
 class FrozenSpeechEncoder:
     """Encoder states of a model folder's Whisper encoder: the adaptor's input, cached per clip."""
 
-    def __init__(self, model_dir: Path):
-        from speech_llama.generate import load_model
+    def __init__(self, model_dir: Path | None = None, *, model=None, processor=None):
+        """From a model folder, or from a model and processor already loaded."""
+        if model_dir is not None:
+            from speech_llama.generate import load_model
 
-        self.model, self.processor = load_model(model_dir)
+            model, processor = load_model(model_dir)
+        if model is None or processor is None:
+            raise ValueError("FrozenSpeechEncoder needs a model folder, or both model and processor")
+        self.model, self.processor = model, processor
 
     @torch.no_grad()
     def states(self, samples: np.ndarray, where: str) -> np.ndarray:

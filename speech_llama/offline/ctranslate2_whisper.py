@@ -93,16 +93,22 @@ def convert_ctranslate2_whisper(
     """
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     parts = [Path(p) for p in model_bin_parts] if model_bin_parts else [ct2_dir / "model.bin"]
-    for path in [ct2_dir / "config.json", ct2_dir / "tokenizer.json", *parts]:
-        if not path.is_file():
-            raise FileNotFoundError(f"CTranslate2 Whisper input is incomplete: {path} is missing")
+    _require_inputs([ct2_dir / "config.json", ct2_dir / "tokenizer.json", *parts])
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
+    return build_atomically(out_dir, lambda tmp_dir: _write_converted_folder(parts, ct2_dir, tmp_dir), replace=True)
 
-    def build(tmp_dir: Path) -> None:
-        _write_converted_folder(parts, ct2_dir, tmp_dir)
 
-    return build_atomically(out_dir, build, replace=True)
+def _require_inputs(paths: list[Path]) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"CTranslate2 Whisper input is incomplete: {path} is missing")
+
+
+def _mark_converted(out_dir: Path, parts: list[Path]) -> None:
+    """The build marker `_is_current_build` compares with the installed wheels."""
+    write_build_marker(out_dir, {"format_version": CONVERTER_FORMAT_VERSION, "source": [str(p) for p in parts],
+                                 "source_bytes": sum(p.stat().st_size for p in parts)})
 
 
 def _write_converted_folder(parts: list[Path], ct2_dir: Path, out_dir: Path) -> None:
@@ -123,14 +129,7 @@ def _write_converted_folder(parts: list[Path], ct2_dir: Path, out_dir: Path) -> 
     model.save_pretrained(out_dir)
     whisper_processor(tokenizer, dims.num_mel_bins).save_pretrained(out_dir)
     (out_dir / "README.md").write_text(_model_card(parts, dims))
-    write_build_marker(
-        out_dir,
-        {
-            "format_version": CONVERTER_FORMAT_VERSION,
-            "source": [str(p) for p in parts],
-            "source_bytes": sum(p.stat().st_size for p in parts),
-        },
-    )
+    _mark_converted(out_dir, parts)
 
 
 def convert_ctranslate2_whisper_encoder(parts: Sequence[Path | str], bundled_config: Path | str,
@@ -142,14 +141,8 @@ def convert_ctranslate2_whisper_encoder(parts: Sequence[Path | str], bundled_con
     encoder (``WhisperModel.from_pretrained(out_dir).get_encoder()``), not as an ASR model.
     """
     parts, bundled_config, out_dir = [Path(p) for p in parts], Path(bundled_config), Path(out_dir)
-    for path in [bundled_config, *parts]:
-        if not path.is_file():
-            raise FileNotFoundError(f"CTranslate2 Whisper input is incomplete: {path} is missing")
-
-    def build(tmp_dir: Path) -> None:
-        _write_encoder_folder(parts, bundled_config, tmp_dir)
-
-    return build_atomically(out_dir, build, replace=True)
+    _require_inputs([bundled_config, *parts])
+    return build_atomically(out_dir, lambda tmp_dir: _write_encoder_folder(parts, bundled_config, tmp_dir), replace=True)
 
 
 def _write_encoder_folder(parts: list[Path], bundled_config: Path, out_dir: Path) -> None:
@@ -171,8 +164,7 @@ def _write_encoder_folder(parts: list[Path], bundled_config: Path, out_dir: Path
     WhisperFeatureExtractor(feature_size=dims.num_mel_bins).save_pretrained(out_dir)
     (out_dir / "README.md").write_text(_model_card(parts, dims) + "\nNo tokenizer ships with these weights: "
                                        "use the folder as a speech encoder.\n")
-    write_build_marker(out_dir, {"format_version": CONVERTER_FORMAT_VERSION, "source": [str(p) for p in parts],
-                                 "source_bytes": sum(p.stat().st_size for p in parts)})
+    _mark_converted(out_dir, parts)
 
 
 def _model_card(parts: list[Path], dims: WhisperDimensions) -> str:

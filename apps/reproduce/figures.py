@@ -1,0 +1,44 @@
+"""The reproduction's own figure: Table 2's accuracies with their 95 % intervals (the importance
+figures, Fig. 1–4 analogues, come from `speech-llama compare`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from importance.plots import save_figure
+
+TASKS = ("t2t", "s2t")
+
+
+def accuracy_figure(table2: dict[str, dict[str, float]], intervals: dict[str, dict[str, dict]],
+                    cascade: float | None = None) -> Figure:
+    """Grouped bars: T2T and S2T accuracy per model, error bars = the 95 % bootstrap interval;
+    the ASR cascade's S2T as a dashed line."""
+    names = list(table2)
+    figure = Figure(figsize=(1.3 * len(names) + 2, 3.6))
+    axes = figure.subplots()
+    positions = np.arange(len(names))
+    for offset, task in zip((-0.2, 0.2), TASKS):
+        values = np.array([table2[name][task] for name in names])
+        low = np.array([intervals.get(name, {}).get(task, {}).get("low", value) for name, value in zip(names, values)])
+        high = np.array([intervals.get(name, {}).get(task, {}).get("high", value) for name, value in zip(names, values)])
+        axes.bar(positions + offset, values, width=0.38, label=task.upper(),
+                 yerr=np.stack([values - low, high - values]), capsize=3)
+    if cascade is not None:
+        axes.axhline(cascade, linestyle="--", color="grey", label="cascade (ASR → LLM)")
+    axes.set_xticks(positions, names, rotation=20)
+    axes.set_ylabel("accuracy (95 % interval)")
+    axes.set_ylim(0, 1)
+    axes.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def save_accuracy_figure(evaluation: dict[str, Any], out_dir: Path) -> Path:
+    """figures/accuracy.png from the evaluate stage's table2, intervals and cascade."""
+    figure = accuracy_figure(evaluation["table2"], evaluation["intervals"], evaluation.get("cascade"))
+    return save_figure(figure, Path(out_dir) / "accuracy.png")
