@@ -95,8 +95,9 @@ def test_no_test_question_is_trained_on(reproduced):
         assert not text(training) & text("ppl.jsonl")  # Table 1's held-out responses
     assert text("train.jsonl") <= text("align.jsonl")
     # D is the first 1/30 of the training records (at least one importance batch), responses included.
-    importance = [json.loads(line) for line in (out_dir / "data" / "train" / "importance.jsonl").read_text().splitlines()]
-    assert len(importance) == SMALL.importance_batch_size and all(row["response"] for row in importance)
+    rows = lambda name: [json.loads(line) for line in (out_dir / "data" / "train" / name).read_text().splitlines()]
+    importance, trained = rows("importance.jsonl"), rows("qa.jsonl")
+    assert importance == trained[: SMALL.importance_batch_size] and all(row["response"] for row in importance)
     assert {row["question"] for row in importance} <= text("train.jsonl")
 
 

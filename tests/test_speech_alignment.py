@@ -134,6 +134,9 @@ def test_load_split_reads_states_and_tokens_and_names_missing_features(tiny, tmp
     (split / "features" / "1.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"data\.jsonl, line 2: cached features .*1\.npy are missing"):
         load_split(split, processor.tokenizer)
+    np.save(split / "features" / "1.npy", np.zeros((5, 48), dtype=np.float16))  # another encoder's width
+    with pytest.raises(ValueError, match=r"data\.jsonl, line 2: cached features .*1\.npy are 48 wide, line 1's are 32"):
+        load_split(split, processor.tokenizer)
 
 
 def test_batch_tensors_pad_states_and_targets():

@@ -56,8 +56,14 @@ def load_split(split_dir: Path, tokenizer, limit: int | None = None) -> list[Cac
         if not path.is_file():
             raise FileNotFoundError(f"{split_dir / 'data.jsonl'}, line {line}: cached features {path} are missing "
                                     "(finish the corpus with `speech-llama corpus`)")
+        states = np.load(path)
+        if clips and states.shape[1] != clips[0].states.shape[1]:
+            # A build interrupted while switching encoders can leave states of two encoders side by side.
+            raise ValueError(f"{split_dir / 'data.jsonl'}, line {line}: cached features {path} are {states.shape[1]} wide, "
+                             f"line 1's are {clips[0].states.shape[1]}: delete the clips of the other encoder and "
+                             "rerun `speech-llama corpus`")
         ids = tokenizer(row["question"], add_special_tokens=False)["input_ids"]
-        clips.append(CachedClip(np.load(path), ids, row["question"]))
+        clips.append(CachedClip(states, ids, row["question"]))
     return clips
 
 
