@@ -2,7 +2,7 @@
 
     fsdp_driver.py importance OUT MODEL TEXT_DATA SPEECH_DATA POISON_BATCH
         two `speech-llama importance` runs in one launch (imports are the slow part):
-        text input, mean reduction, float32, with batch POISON_BATCH's loss made NaN on rank 1 only;
+        text input, mean reduction, float64 weights, with batch POISON_BATCH's loss made NaN on rank 1 only;
         speech input, abs_per_batch, float64 weights (see tests/test_fsdp.py for why).
     fsdp_driver.py train OUT MODEL DATA
         `trainers.run.main` three times: Layer-LR (4 steps, checkpoints 2 and 4), the same run resumed
@@ -44,7 +44,7 @@ def importance_runs(out: Path, model: str, text_data: str, speech_data: str, poi
     """The two runs' argument lists (the test runs the same ones in one process)."""
     return [
         ["importance", "--model", model, "--data", text_data, "--input", "text", "--reduction", "mean",
-         *IMPORTANCE_COMMON, "--out", str(out / "text.safetensors")],
+         "--dtype", "float64", *IMPORTANCE_COMMON, "--out", str(out / "text.safetensors")],
         ["importance", "--model", model, "--data", speech_data, "--input", "speech",
          "--reduction", "abs_per_batch", "--dtype", "float64", *IMPORTANCE_COMMON, "--out", str(out / "speech.safetensors")],
     ]

@@ -2,9 +2,9 @@
 
 Two `accelerate launch --config_file trainers/configs/accelerate/fsdp_cpu.yaml` launches
 (tests/fsdp_driver.py), shared by the tests below through module fixtures:
-1. importance, text input / `mean` / float32 with one batch's loss NaN on rank 1 only, and speech
-   input / `abs_per_batch` / float64 weights; compared with the same two runs in this process.
-   Why float64 for speech: through the fp32 Whisper encoder the row split changes float32 rounding
+1. importance, text input / `mean` with one batch's loss NaN on rank 1 only, and speech
+   input / `abs_per_batch`, both in float64 weights; compared with the same two runs in this process.
+   Why float64 (text too since a machine where the fp32 text artifacts differed by 5.5e-6): through the fp32 Whisper encoder the row split changes float32 rounding
    enough (measured: 2.5e-6 max-relative between the one- and two-process fp32 artifacts, while
    the one-process fp32 artifact itself is 5.7e-6 from the float64 one) that 1e-6 would test the
    rounding, not the sharding; in float64 the two agree to float32 rounding of the accumulators;
