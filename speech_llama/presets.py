@@ -62,6 +62,9 @@ OFFLINE_ENCODERS = {
                           {"SmolLM2-135M-Instruct (LLM)": "Apache-2.0", "Whisper base (encoder)": "MIT"}),
 }
 
+# The encoder the offline-mini-aligned preset is aligned on (and so the corpus it caches).
+ALIGNED_BASE_PRESET = "offline-mini-base"
+
 
 def offline_build_info(preset: str, card_preset: str | None = None, notes: list[str] | None = None) -> BuildInfo:
     """The model card facts of an offline preset (`card_preset` names a folder built on top of it)."""

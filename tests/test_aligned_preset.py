@@ -74,3 +74,13 @@ def test_build_aligns_distils_exports_and_reuses(tiny, tiny_model_dir, tmp_path,
     # A second build returns the cached folder without training.
     monkeypatch.setattr(aligned_preset, "train_alignment", lambda *a, **k: pytest.fail("trained again"))
     assert build_aligned_offline_mini(tmp_path / "work", corpus, RECIPE, progress=False) == folder
+
+
+def test_corpus_command_caches_the_corpus_the_aligned_build_reads():
+    import argparse
+
+    from speech_llama.corpus.build import add_arguments, default_corpus_dir
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert default_corpus_dir(parser.parse_args([]).preset) == default_corpus_dir(AlignedRecipe().base_preset)

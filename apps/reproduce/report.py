@@ -52,7 +52,7 @@ def _model_line(preset: dict[str, Any]) -> str:
     if preset["llm"] is not None:
         return f"Model: {preset['llm']} + {preset['encoder']}"
     if preset.get("model_preset") == "offline-mini-aligned":
-        return ("Model: SpeechLlama offline-mini-aligned (SmolLM2-135M-Instruct + Whisper tiny.en encoder, k=5 adaptor "
+        return ("Model: SpeechLlama offline-mini-aligned (SmolLM2-135M-Instruct + Whisper base encoder, k=5 adaptor "
                 "CTC-aligned on the cached speech corpus, LLM frozen): No-FT is the aligned-only model.")
     return "Model: SpeechLlama offline-mini (SmolLM2-135M-Instruct + Whisper tiny.en encoder, fresh k=5 adaptor)"
 

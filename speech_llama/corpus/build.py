@@ -23,6 +23,7 @@ from speech_llama.corpus.texts import corpus_texts, frequent_words, word_lists
 from speech_llama.corpus.voices import HELD_OUT_SPEAKER, HELD_OUT_VOICE, check_engine, check_sox, training_voices, voice_named
 from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.offline.cache import cache_dir
+from speech_llama.presets import ALIGNED_BASE_PRESET, offline_mini_dir
 from speech_llama.text import normalized
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -120,11 +121,12 @@ def _manifest(train, dev, heldout, out_dir: Path, model_dir: Path, seed: int, to
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help=f"corpus folder (default $SPEECH_LLAMA_CACHE/{CORPUS_NAME})")
+    parser.add_argument("--out", type=Path, help=f"corpus folder (default $SPEECH_LLAMA_CACHE/{CORPUS_NAME} for offline-mini, {CORPUS_NAME}-base for offline-mini-base)")
     parser.add_argument("--model", type=Path, help="model folder whose frozen encoder is cached (default: --preset's)")
-    parser.add_argument("--preset", default="offline-mini", choices=("offline-mini", "offline-mini-base"),
+    parser.add_argument("--preset", default=ALIGNED_BASE_PRESET, choices=("offline-mini", "offline-mini-base"),
                         help="offline preset whose encoder is cached: offline-mini (Whisper tiny.en, corpus-v2) or "
-                             "offline-mini-base (Whisper base, corpus-v2-base)")
+                             f"offline-mini-base (Whisper base, corpus-v2-base); default {ALIGNED_BASE_PRESET}, "
+                             "the one offline-mini-aligned is aligned on")
     parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
                         help=f"training clips of sentences (default {DEFAULT_CLIPS}); the word lists come on top")
     parser.add_argument("--llm-questions", type=int, default=3000, help="questions the base LLM writes over topics")
@@ -138,8 +140,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from speech_llama.presets import offline_mini_dir
-
     if args.clips < 1 or args.workers < 1:
         raise ValueError("--clips and --workers must be at least 1")
     if args.list_words < 0:
