@@ -101,7 +101,9 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
             lines.append(f"| {label} | {kind} | {_fmt(ppl['base'], 2)} | {_fmt(ppl['top'], 2)} | {_fmt(ppl['bottom'], 2)} "
                          f"| {_fmt(ppl['random'], 2)} |")
     lines += ["", "## Table 2 — spoken QA accuracy", "", "| model | T2T | S2T |", "| --- | --- | --- |"]
-    names = {"no_ft": "No-FT (untrained adaptor)", ALIGN: "CTC-aligned adaptor only (LLM frozen; T2T = No-FT's)", "full": "Full-FT",
+    no_ft = ("No-FT (the aligned preset: adaptor aligned, LLM frozen)"
+             if results["preset"].get("model_preset") == "offline-mini-aligned" else "No-FT (untrained adaptor)")
+    names = {"no_ft": no_ft, ALIGN: "CTC-aligned adaptor only (LLM frozen; T2T = No-FT's)", "full": "Full-FT",
              "layer_lr": "Layer-LR", "lora": "LoRA", "distill": "Distill (adaptor only, LLM frozen; T2T = No-FT's)"}
     intervals = results.get("intervals", {})
     for name, row in results["table2"].items():
