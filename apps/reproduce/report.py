@@ -48,10 +48,15 @@ def _interval_text(interval: dict | None) -> str:
     return "" if not interval else f" [{interval['low']:.2f}, {interval['high']:.2f}]"
 
 
+def _starts_aligned(preset: dict[str, Any]) -> bool:
+    """Whether the methods start from the aligned preset (then No-FT is the aligned-only model)."""
+    return preset.get("model_preset") == "offline-mini-aligned"
+
+
 def _model_line(preset: dict[str, Any]) -> str:
     if preset["llm"] is not None:
         return f"Model: {preset['llm']} + {preset['encoder']}"
-    if preset.get("model_preset") == "offline-mini-aligned":
+    if _starts_aligned(preset):
         return ("Model: SpeechLlama offline-mini-aligned (SmolLM2-135M-Instruct + Whisper base encoder, k=5 adaptor "
                 "CTC-aligned on the cached speech corpus, LLM frozen): No-FT is the aligned-only model.")
     return "Model: SpeechLlama offline-mini (SmolLM2-135M-Instruct + Whisper tiny.en encoder, fresh k=5 adaptor)"
@@ -102,7 +107,7 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
                          f"| {_fmt(ppl['random'], 2)} |")
     lines += ["", "## Table 2 — spoken QA accuracy", "", "| model | T2T | S2T |", "| --- | --- | --- |"]
     no_ft = ("No-FT (the aligned preset: adaptor aligned, LLM frozen)"
-             if results["preset"].get("model_preset") == "offline-mini-aligned" else "No-FT (untrained adaptor)")
+             if _starts_aligned(results["preset"]) else "No-FT (untrained adaptor)")
     names = {"no_ft": no_ft, ALIGN: "CTC-aligned adaptor only (LLM frozen; T2T = No-FT's)", "full": "Full-FT",
              "layer_lr": "Layer-LR", "lora": "LoRA", "distill": "Distill (adaptor only, LLM frozen; T2T = No-FT's)"}
     intervals = results.get("intervals", {})
