@@ -48,6 +48,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from speech_llama.fsdp import is_sharded, local
+from speech_llama.perplexity import response_nll
 
 from .artifact import DEFAULT_PARAMS
 
@@ -123,32 +124,6 @@ def analysed_only(model: torch.nn.Module, params: Mapping[str, torch.nn.Paramete
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
         model.train(was_training)
-
-
-def differentiable_response_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """S = Σ −log p(token) over the labelled (response) tokens of one batch, keeping the graph.
-
-    Args:
-        batch: a `QACollator` batch (``labels`` (B, L), −100 where no loss is taken).
-    Returns:
-        (S as a 0-d tensor, fp32 or the model's wider dtype; n = number of labelled tokens).
-    The same quantity as `speech_llama.perplexity.summed_response_nll`, but differentiable.
-    """
-    device = next(model.parameters()).device
-    inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
-    labels = batch["labels"]
-    # Rows are left-padded, so every labelled token sits in the last `keep` positions: ask the
-    # model for those logits only (the prompt's (L, V) logits would dominate the cost of small
-    # models with large vocabularies, and carry no loss).
-    labelled = (labels != -100).any(dim=0).nonzero()
-    keep = labels.shape[1] - int(labelled[0]) + 1 if labelled.numel() else 2
-    keep = min(keep, labels.shape[1])
-    targets = labels[:, labels.shape[1] - keep + 1 :].to(device)
-    logits = model(**inputs, logits_to_keep=keep).logits[:, :-1]
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # log-softmax over the vocabulary in half precision is lossy
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
-    return nll, int((targets != -100).sum())
 
 
 class ImportanceAccumulator:
@@ -333,7 +308,7 @@ def estimate_importance(
         for index, size, batch in bar:
             if sharded:
                 batch, _ = batch_rows(batch, rank, world)
-            loss_sum, tokens = differentiable_response_nll(model, batch)
+            loss_sum, tokens = response_nll(model, batch)
             seen_tokens += int(batch["attention_mask"].sum())
             if sharded:
                 # The batch's loss and tokens are the sum of the ranks' slices; one verdict for all ranks.

@@ -21,14 +21,30 @@ class PerplexityResult:
     tokens: int  # response tokens scored
 
 
-def summed_response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
-    """Σ −log p(token) over the labelled tokens of one batch, and how many there were."""
-    batch = {key: value.to(model.device) for key, value in batch.items()}
-    labels = batch.pop("labels")
-    logits = model(**batch).logits[:, :-1].float()
-    targets = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
-    return float(nll), int((targets != -100).sum())
+def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """S = Σ −log p(token) over the labelled (response) tokens of one batch, keeping the graph.
+
+    Args:
+        batch: a `QACollator` batch (``labels`` (B, L), −100 where no loss is taken).
+    Returns:
+        (S as a 0-d tensor, fp32 or the model's wider dtype; n = number of labelled tokens).
+    Logits come only from the first labelled position on (`logits_to_keep`) and the loss only from
+    labelled tokens: the prompt's (B, L, V) logits would dominate the cost of a small model with a
+    large vocabulary, and carry no loss.
+    """
+    device = next(model.parameters()).device
+    inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
+    targets = batch["labels"][:, 1:].to(device)  # logits at position t predict token t + 1
+    labelled = targets != -100
+    labelled_columns = labelled.any(dim=0).nonzero()
+    first = int(labelled_columns[0]) if labelled_columns.numel() else targets.shape[1] - 1
+    logits = model(**inputs, logits_to_keep=targets.shape[1] - first + 1).logits[:, :-1]
+    targets, labelled = targets[:, first:], labelled[:, first:]
+    scored = logits[labelled]
+    if scored.dtype in (torch.float16, torch.bfloat16):
+        scored = scored.float()  # log-softmax over the vocabulary in half precision is lossy
+    nll = torch.nn.functional.cross_entropy(scored, targets[labelled], reduction="sum")
+    return nll, int(labelled.sum())
 
 
 @torch.no_grad()
@@ -46,8 +62,8 @@ def response_perplexity(
     total_nll, total_tokens = 0.0, 0
     batches = iterate_batches(records, collator, batch_size)
     for batch in tqdm(batches, total=math.ceil(len(records) / batch_size), desc=f"perplexity ({input})", disable=not progress):
-        nll, tokens = summed_response_nll(model, batch)
-        total_nll += nll
+        nll, tokens = response_nll(model, batch)
+        total_nll += float(nll)
         total_tokens += tokens
     if total_tokens == 0:
         raise ValueError("no response tokens to score: are the records' responses/answers empty?")

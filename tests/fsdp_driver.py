@@ -25,7 +25,7 @@ IMPORTANCE_COMMON = ["--batch-size", "2", "--max-samples", "9", "--no-progress"]
 
 
 class PoisonBatch:
-    """Wraps `differentiable_response_nll`: the loss of call number ``batch`` (0-based) becomes NaN
+    """Wraps `response_nll`: the loss of call number ``batch`` (0-based) becomes NaN
     on process ``rank`` — each process calls it once per batch, in batch order."""
 
     def __init__(self, original, batch: int, rank: int):
@@ -54,13 +54,13 @@ def run_importance(out: Path, model: str, text_data: str, speech_data: str, pois
     import importance.estimate as estimate
     from importance.cli import main
 
-    original = estimate.differentiable_response_nll
+    original = estimate.response_nll
     text, speech = importance_runs(out, model, text_data, speech_data, poison)
-    estimate.differentiable_response_nll = PoisonBatch(original, poison, poison_rank)
+    estimate.response_nll = PoisonBatch(original, poison, poison_rank)
     try:
         assert main(text) in (0, None)
     finally:
-        estimate.differentiable_response_nll = original
+        estimate.response_nll = original
     assert main(speech) in (0, None)
 
 

@@ -143,12 +143,12 @@ def importance_runs(tmp_path_factory, tiny_model_dir):
     one, two = root / "one", root / "two"
     launch("importance", str(two), str(tiny_model_dir), str(QA_DATA), str(speech), str(POISONED_BATCH))
     text_args, speech_args = fsdp_driver.importance_runs(one, str(tiny_model_dir), str(QA_DATA), str(speech), POISONED_BATCH)
-    original = estimate.differentiable_response_nll
-    estimate.differentiable_response_nll = fsdp_driver.PoisonBatch(original, POISONED_BATCH, rank=0)
+    original = estimate.response_nll
+    estimate.response_nll = fsdp_driver.PoisonBatch(original, POISONED_BATCH, rank=0)
     try:
         assert main(text_args) == 0
     finally:
-        estimate.differentiable_response_nll = original
+        estimate.response_nll = original
     assert main(speech_args) == 0
     return one, two
 

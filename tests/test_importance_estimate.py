@@ -14,12 +14,12 @@ import torch
 from importance.artifact import check_against_model, load_artifact, save_artifact, build_summary
 from importance.cli import main as importance_main
 from importance.estimate import (
-    differentiable_response_nll,
     estimate_importance,
     select_parameters,
     sharded_batches,
 )
 from speech_llama.collate import QACollator
+from speech_llama.perplexity import response_nll
 from speech_llama.generate import load_model
 from speech_llama.records import load_records
 
@@ -48,7 +48,7 @@ def mean_loss(model, batches) -> float:
     """L(D): Σ_b S_b / Σ_b n_b, in the model's precision."""
     total, tokens = 0.0, 0
     for _, _, batch in batches:
-        loss_sum, count = differentiable_response_nll(model, batch)
+        loss_sum, count = response_nll(model, batch)
         total, tokens = total + float(loss_sum), tokens + count
     return total / tokens
 
@@ -97,7 +97,7 @@ def test_reductions_match_their_definitions(model64, records):
     # Reference by plain autograd: per-batch gradients of the summed loss S_b.
     per_batch, tokens = [], 0
     for _, _, batch in batches:
-        loss_sum, count = differentiable_response_nll(model, batch)
+        loss_sum, count = response_nll(model, batch)
         per_batch.append(torch.autograd.grad(loss_sum, list(params.values())))
         tokens += count
     values = [p.detach() for p in params.values()]

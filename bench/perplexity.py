@@ -1,0 +1,70 @@
+"""Response perplexity: the full (B, L, V) logits vs logits kept from the first response token on,
+side by side in one run, on a model folder and spoken records.
+
+The reference is the computation `speech_llama.perplexity` did before (every position's logits, loss
+over the transposed (B, V, L) tensor); the measured one is `response_perplexity` as it is now.
+Usage: python bench/perplexity.py MODEL_DIR RECORDS.jsonl [N] (default: the cached offline-mini and
+the demo questions; N records, text and speech input).
+Last line: {"speedup_text": …, "speedup_speech": …, "same_ppl": …}. Target: speedup ≥ 1.2, same PPL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from speech_llama.collate import QACollator, iterate_batches
+from speech_llama.generate import load_model
+from speech_llama.perplexity import response_perplexity
+from speech_llama.records import load_records
+
+BATCH_SIZE = 8
+
+
+@torch.no_grad()
+def full_logit_perplexity(model, processor, records, input_kind: str) -> float:
+    total_nll, total_tokens = 0.0, 0
+    for batch in iterate_batches(records, QACollator(processor, input=input_kind, max_length=512), BATCH_SIZE):
+        labels = batch.pop("labels")
+        logits = model(**batch).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+        total_nll, total_tokens = total_nll + float(nll), total_tokens + int((targets != -100).sum())
+    return math.exp(total_nll / total_tokens)
+
+
+def timed(function, *args) -> tuple[float, float]:
+    started = time.perf_counter()
+    value = function(*args)
+    return value, time.perf_counter() - started
+
+
+def main() -> int:
+    model_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/paper/models/base")
+    data = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/paper/data/ppl/data.jsonl")
+    count = int(sys.argv[3]) if len(sys.argv) > 3 else 48
+    model, processor = load_model(model_dir)
+    records = load_records(data, require_audio=True, max_samples=count)
+    response_perplexity(model, processor, records.select(range(BATCH_SIZE)), batch_size=BATCH_SIZE)  # warm-up
+    result = {"n": len(records), "batch_size": BATCH_SIZE, "threads": torch.get_num_threads()}
+    same = True
+    for input_kind in ("text", "speech"):
+        reference, reference_s = timed(full_logit_perplexity, model, processor, records, input_kind)
+        kept, kept_s = timed(lambda: response_perplexity(model, processor, records, input=input_kind,
+                                                         batch_size=BATCH_SIZE).ppl)
+        same = same and math.isclose(reference, kept, rel_tol=1e-4)
+        result.update({f"{input_kind}_full_s": round(reference_s, 2), f"{input_kind}_kept_s": round(kept_s, 2),
+                       f"{input_kind}_ppl": [round(reference, 5), round(kept, 5)],
+                       f"speedup_{input_kind}": round(reference_s / kept_s, 3)})
+    result.update({"same_ppl": same, "target": {"speedup": 1.2, "same_ppl": True}})
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
