@@ -26,7 +26,7 @@ import numpy as np
 from speech_llama.audio import SAMPLE_RATE, read_wav, resample, write_wav
 from speech_llama.files import JsonlError, atomic_write_text, read_jsonl_numbered
 from speech_llama.corpus.voices import VOICES as ENGINE_VOICES
-from speech_llama.corpus.voices import check_engine, speak, voice_named
+from speech_llama.corpus.voices import check_engine, speak, training_voices, voice_named
 from speech_llama.piper_tts import DEFAULT_VOICE, VOICES, tts_voice
 
 DATA_FILE_NAME = "data.jsonl"
@@ -62,6 +62,24 @@ def resample_to_16k(audio_int16: np.ndarray, sample_rate: int) -> np.ndarray:
     if sample_rate == SAMPLE_RATE:
         return audio
     return np.clip(resample(audio, sample_rate), -1.0, 1.0)
+
+
+# Every training voice of the corpus in turn, record by record (the held-out speaker never speaks).
+TRAINING_MIX = "training-mix"
+
+
+def voice_for_record(voice: str, index: int) -> str:
+    """The voice that speaks record `index`: `voice` itself, or the index-th training voice for `TRAINING_MIX`."""
+    if voice != TRAINING_MIX:
+        return voice
+    voices = training_voices()
+    return voices[index % len(voices)].name
+
+
+def check_voice(voice: str) -> None:
+    """Fail before any synthesis when a voice's engine, Festival voice or Piper model is missing."""
+    for name in [v.name for v in training_voices()] if voice == TRAINING_MIX else [voice]:
+        tts_voice(name) if name in VOICES else check_engine(voice_named(name))
 
 
 def synthesize_text(text: str, voice: str = DEFAULT_VOICE) -> np.ndarray:
@@ -174,16 +192,17 @@ class PlannedRecord:
     text: str
     audio_path: str
     line: str
+    voice: str
 
 
-def plan_records(sources: Iterable[SourceRecord], text_field: str) -> list[PlannedRecord]:
+def plan_records(sources: Iterable[SourceRecord], text_field: str, voice: str = DEFAULT_VOICE) -> list[PlannedRecord]:
     """Validate every record up front, so bad input fails before any slow synthesis."""
     planned = []
     for index, record in enumerate(sources):
         text = record_text(record, text_field)
         audio_path = audio_relative_path(index, text)
         line = json_line(spoken_record(record, audio_path), record.where)
-        planned.append(PlannedRecord(text, audio_path, line))
+        planned.append(PlannedRecord(text, audio_path, line, voice_for_record(voice, index)))
     return planned
 
 
@@ -201,7 +220,8 @@ def synthesize_records(
             dicts, e.g. ``{"question": ..., "answer"|"answers": ..., "response"?: ...}``.
         out_dir: output folder (created). Existing wavs from an earlier run are kept as they
             are; only missing ones are synthesised.
-        voice: Piper voice name (see ``VOICES``) or a corpus voice (``speech_llama.corpus.voices.VOICES``).
+        voice: Piper voice name (see ``VOICES``), a corpus voice (``speech_llama.corpus.voices.VOICES``) or
+            ``TRAINING_MIX`` (record i spoken by the i-th training voice, in turn).
         text_field: which field to speak.
         progress: show a tqdm bar.
 
@@ -216,12 +236,12 @@ def synthesize_records(
     """
     from tqdm.auto import tqdm
 
-    planned = plan_records(as_source_records(records_path_or_list), text_field)
+    planned = plan_records(as_source_records(records_path_or_list), text_field, voice)
     out_dir = Path(out_dir)
     (out_dir / AUDIO_DIR_NAME).mkdir(parents=True, exist_ok=True)
     missing = [item for item in planned if not (out_dir / item.audio_path).is_file()]
     if missing:  # load (and fail on a missing voice or engine) before the bar starts
-        tts_voice(voice) if voice in VOICES else check_engine(voice_named(voice))
+        check_voice(voice)
     with tqdm(
         total=len(planned),
         initial=len(planned) - len(missing),
@@ -230,7 +250,7 @@ def synthesize_records(
         disable=not progress,
     ) as bar:
         for item in missing:
-            write_wav(out_dir / item.audio_path, synthesize_text(item.text, voice))
+            write_wav(out_dir / item.audio_path, synthesize_text(item.text, item.voice))
             bar.update(1)
     data_path = out_dir / DATA_FILE_NAME
     atomic_write_text(data_path, "".join(item.line + "\n" for item in planned))
@@ -318,8 +338,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``synthesize`` subcommand's options to ``parser``."""
     parser.add_argument("--data", required=True, help="input records: a local .jsonl file")
     parser.add_argument("--out", required=True, help="output folder (audio/ and data.jsonl)")
-    parser.add_argument("--voice", default=DEFAULT_VOICE, choices=sorted(VOICES) + sorted(ENGINE_VOICES),
-                        help=f"voice (default Piper {DEFAULT_VOICE}; festival-slt is the held-out speaker of the corpus)")
+    parser.add_argument("--voice", default=DEFAULT_VOICE, choices=sorted(VOICES) + sorted(ENGINE_VOICES) + [TRAINING_MIX],
+                        help=f"voice (default Piper {DEFAULT_VOICE}; festival-slt is the held-out speaker of the corpus; "
+                             f"{TRAINING_MIX}: every other corpus voice in turn, record by record)")
     parser.add_argument("--text-field", default="question", help="record field to speak")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser

@@ -166,6 +166,21 @@ def test_interrupted_run_resumes_without_resynthesising(tmp_path, monkeypatch):
     assert len(read_jsonl(tmp_path / "data.jsonl")) == len(RECORDS)
 
 
+def test_training_mix_speaks_record_i_with_the_ith_training_voice_never_the_held_out_one(tmp_path, monkeypatch):
+    from speech_llama.corpus.voices import HELD_OUT_SPEAKER, VOICES as CORPUS_VOICES, training_voices
+
+    spoken_by = []
+    monkeypatch.setattr(synthesize, "synthesize_text",
+                        lambda text, voice: spoken_by.append(voice) or np.zeros(1600, dtype=np.float32))
+    monkeypatch.setattr(synthesize, "check_voice", lambda voice: None)
+    many = [{"question": f"Question number {i}?"} for i in range(len(training_voices()) + 2)]
+    synthesize_records(many, tmp_path, voice=synthesize.TRAINING_MIX, progress=False)
+    names = [voice.name for voice in training_voices()]
+    assert spoken_by == names + names[:2]
+    assert all(CORPUS_VOICES[name].speaker != HELD_OUT_SPEAKER for name in spoken_by)
+    assert len(set(spoken_by)) == len(names) > 10
+
+
 # ------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------
