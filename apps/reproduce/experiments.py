@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from speech_llama.synthesize import TRAINING_MIX
+
 METHODS = ("full", "layer_lr", "lora")
 ALIGN = "adaptor"  # the shared alignment stage (trainers' method `adaptor` with CTC: LLM frozen)
 # Beyond the paper: adaptor-only DiVA-style distillation from the frozen LLM reading the transcript, on
@@ -49,6 +51,9 @@ class ExperimentPreset:
     align_records: int = 0  # spoken training prompts the alignment reads (the methods' prompts are a prefix)
     align_batch_size: int = 16
     transcript_ratio: float = 0.5  # share of speech rows trained on the transcript task
+    # Who reads the training prompts: every corpus training voice in turn (the held-out speaker never),
+    # so the methods do not fit one voice that the held-out tests never use.
+    train_voice: str = TRAINING_MIX
     train_bf16: bool = False  # bf16 autocast in training and alignment (CPU with AVX512-BF16: ~1.6x faster steps here)
     max_new_tokens: int = 48
     response_tokens: int = 48

@@ -39,6 +39,10 @@ class RunLayout:
     def importance(self, name: str) -> Path:
         return self.dir / "importance" / f"{name}.safetensors"
 
+    def table1_result(self, row: str, input_kind: str) -> Path:
+        """`speech-llama deactivate`'s result for one Table 1 row and input (of the base model)."""
+        return self.dir / "importance" / f"table1-{row}-{input_kind}.json"
+
     def train_dir(self, method: str) -> Path:
         return self.dir / "train" / method
 

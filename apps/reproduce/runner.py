@@ -71,7 +71,8 @@ class Reproduction(RunLayout):
     # --- 2. data ---
     def prepare_data(self) -> None:
         """Text splits (disjoint by construction), self-distilled responses, then speech: the training
-        prompts read by Piper (a training voice), every held-out set by the held-out voice."""
+        prompts read by `preset.train_voice` (the training voices in turn), every held-out set by the
+        held-out voice."""
         preset, text_dir = self.preset, self.text_dir
         trained = max(preset.align_records, preset.train_records)
         for name, rows in qa_splits(preset).items():
@@ -82,7 +83,7 @@ class Reproduction(RunLayout):
             # Every training prompt is spoken once; the alignment stage reads them all (question only).
             write_jsonl(text_dir / "align.jsonl", [{"question": prompt["question"], "answers": []}
                                                    for prompt in training_prompts(trained)])
-            self._speak(text_dir / "align.jsonl", "train")
+            self._speak(text_dir / "align.jsonl", "train", preset.train_voice)
         if not done(self.qa_train_data):
             train_text = text_dir / "train.jsonl"
             self._self_distil(training_prompts(preset.train_records), train_text)
@@ -95,9 +96,8 @@ class Reproduction(RunLayout):
             self._self_distil(held_out_prompts(preset.ppl_records, trained), ppl_text)
             self._speak(ppl_text, "ppl", HELD_OUT_VOICE)
 
-    def _speak(self, text_file: Path, name: str, voice: str | None = None) -> None:
-        run_command(["synthesize", "--data", str(text_file), "--out", str(self.spoken(name).parent),
-                     *(["--voice", voice] if voice else [])])
+    def _speak(self, text_file: Path, name: str, voice: str) -> None:
+        run_command(["synthesize", "--data", str(text_file), "--out", str(self.spoken(name).parent), "--voice", voice])
 
     def _self_distil(self, prompts: list[dict], out: Path) -> None:
         if not done(out):
@@ -120,7 +120,7 @@ class Reproduction(RunLayout):
             artifact = self.importance(f"base-{input_kind}")
             self._importance(self.base_model, input_kind, artifact)
             for row, split in TABLE1_SETS.items():
-                result_path = self.dir / "importance" / f"table1-{row}-{input_kind}.json"
+                result_path = self.table1_result(row, input_kind)
                 if not done(result_path):
                     run_command(["deactivate", "--model", str(self.base_model), "--importance", str(artifact),
                                  "--data", str(self.spoken(split)), "--input", input_kind, "--fraction", "0.03",
@@ -218,6 +218,10 @@ class Reproduction(RunLayout):
         records = load_records(self.spoken("ppl"), require_audio=True)
         perplexity = {}
         for name, model_dir in models.items():
+            if name == "no_ft":  # Table 1's intact base model: the same model, records, batch and function
+                perplexity[name] = {kind: _read_json(self.table1_result("paper", kind))["ppl"]["base"]
+                                    for kind in ("text", "speech")}
+                continue
             model, processor = load_model(model_dir)
             perplexity[name] = {
                 input_kind: response_perplexity(model, processor, records, input=input_kind,
