@@ -24,7 +24,8 @@ from evaluate_metrics import load_metric
 from .audio import SAMPLE_RATE, read_audio
 from .batching import continuous_greedy_answers
 from .files import atomic_write_json, write_jsonl
-from .generate import TRANSCRIPT_INSTRUCTION, load_model
+from .build import DTYPES
+from .generate import TRANSCRIPT_INSTRUCTION, add_dtype_argument, load_model
 from .records import Locator, load_located_records
 from .remote_code import add_trust_argument, load_processor
 from .statistics import bootstrap_interval
@@ -137,12 +138,17 @@ def evaluate_model(
     asr_model: str | Path | None = None,
     progress: bool = True,
     trust_remote_code: bool | None = None,
+    dtype: str = "float32",
 ) -> dict:
     """Run one task over a QA set; writes predictions.jsonl + metrics.json and returns the metrics.
+
+    `dtype`: the weights' precision ("float32", "bfloat16", "float16"); it is recorded in metrics.json.
 
     Every row is read and every clip checked (file, line, column named) before the weights load."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     records, locate = load_located_records(data, split=split, max_samples=max_samples, require_audio=task != "t2t",
                                            require_answers=task != "readback")
     if not (Path(model_dir) / "config.json").is_file():
@@ -152,7 +158,7 @@ def evaluate_model(
                    if task == "cascade" else None)
     checks = [processor.check_audio] + ([transcriber.check] if transcriber is not None else [])
     items = eval_items(records, task, locate, checks)
-    model, processor = load_model(model_dir, processor=processor)
+    model, processor = load_model(model_dir, dtype=dtype, processor=processor)
     started = time.perf_counter()
     predictions, transcripts = run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber, progress)
     elapsed = time.perf_counter() - started
@@ -174,6 +180,7 @@ def evaluate_model(
         "data": str(data),
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
     }
     rows = []
     for item, prediction, transcript, hit in zip(items, predictions, transcripts, scored["hits"]):
@@ -213,13 +220,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--asr", help="Whisper checkpoint for --task cascade (default: the offline Whisper tiny.en)")
+    add_dtype_argument(parser)
     add_trust_argument(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
     metrics = evaluate_model(
         args.model, args.data, args.task, args.out, args.batch_size, args.max_samples, args.max_new_tokens,
-        args.split, args.asr, trust_remote_code=args.trust_remote_code,
+        args.split, args.asr, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
     )
     print(json.dumps(metrics))
     return metrics

@@ -15,6 +15,7 @@ import torch
 from modeling_speech_llama import SpeechLlamaForCausalLM, SpeechLlamaProcessor
 
 from .audio import SAMPLE_RATE, read_audio
+from .build import DTYPES
 from .remote_code import add_trust_argument, load_processor
 
 SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
@@ -23,14 +24,25 @@ SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speec
 TRANSCRIPT_INSTRUCTION = "\nRepeat exactly what was said."
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool | None = None,
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """`--dtype`: the precision the weights load in for inference (float32 unless asked)."""
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="weights' precision for inference (bfloat16: ~2-3x faster generation on CPUs with AVX512-BF16)")
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32, trust_remote_code: bool | None = None,
                processor: SpeechLlamaProcessor | None = None):
     """Load a built folder with the installed package's classes → (model in eval mode, processor).
 
     The folder's own Python files are not imported; a tokenizer / feature extractor that exists only
     as code in the folder runs with `trust_remote_code=True` only (`speech_llama.remote_code`).
     `processor`: one already loaded from the folder (e.g. to check the data before the weights load).
+    `dtype`: a torch dtype or its name in `DTYPES` ("float32", "bfloat16", "float16").
     """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")

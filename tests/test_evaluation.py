@@ -6,6 +6,7 @@ import json
 
 import pytest
 import soundfile
+import torch
 from helpers import noise_clip
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
@@ -98,3 +99,27 @@ def test_length_sorted_batches_cover_every_item_once():
     assert batches[0] == [1, 3]
     with pytest.raises(ValueError, match="batch_size"):
         length_sorted_batches(items, 0, by_audio=False)
+
+
+def test_cli_eval_in_bfloat16_loads_bf16_weights_and_records_it(tiny_model_dir, spoken_qa, tmp_path, monkeypatch):
+    import speech_llama.evaluation as evaluation
+
+    loaded = []
+    real_load_model = evaluation.load_model
+
+    def spy(*args, **kwargs):
+        model, processor = real_load_model(*args, **kwargs)
+        loaded.append({parameter.dtype for parameter in model.parameters()})
+        return model, processor
+
+    monkeypatch.setattr(evaluation, "load_model", spy)
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(spoken_qa), "--task", "s2t", "--out",
+                 str(tmp_path), "--batch-size", "2", "--max-new-tokens", "3", "--dtype", "bfloat16"]) == 0
+    assert loaded == [{torch.bfloat16}]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dtype"] == "bfloat16" and metrics["n"] == 3
+
+
+def test_unknown_dtype_is_refused_before_loading(tiny_model_dir, spoken_qa, tmp_path):
+    with pytest.raises(ValueError, match="dtype must be one of .*'bfloat16'.*got 'int8'"):
+        evaluate_model(tiny_model_dir, str(spoken_qa), "t2t", tmp_path, dtype="int8", progress=False)

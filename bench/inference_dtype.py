@@ -1,0 +1,84 @@
+"""QA answering with float32 vs bfloat16 weights, side by side in one run (T2T and S2T).
+
+What `speech-llama eval --dtype bfloat16` buys on this CPU, and what it changes: throughput of each
+precision at the reproduction's eval batch size, and the share of greedy answers (and of correct
+answers) that agree. Model: the cached offline-mini-aligned folder when built, else offline-mini;
+questions: data/demo_qa.jsonl, spoken once by the default Piper voice (cached under runs/).
+Usage: python bench/inference_dtype.py [MODEL_DIR]
+Last line: {"speedup_t2t": …, "speedup_s2t": …, "answers_agree_t2t": …, …}. Target: speedup ≥ 1.5
+with accuracy within 0.05 of float32's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from evaluate_metrics import load_metric
+from speech_llama.evaluation import eval_items, run_predictions
+from speech_llama.generate import load_model
+from speech_llama.presets import offline_mini_dir
+from speech_llama.records import load_records
+from speech_llama.synthesize import synthesize_records
+from trainers.aligned_preset import aligned_cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ROOT / "data" / "demo_qa.jsonl"
+SPOKEN_DIR = ROOT / "runs" / "bench-demo-qa-spoken"
+BATCH_SIZE = 16
+MAX_NEW_TOKENS = 32
+
+
+def default_model_dir() -> Path:
+    aligned = aligned_cache_dir() / "model"
+    return aligned if (aligned / "model.safetensors").is_file() else offline_mini_dir("offline-mini")
+
+
+def spoken_demo_questions() -> Path:
+    """data/demo_qa.jsonl spoken by the default Piper voice (synthesised once, then reused)."""
+    return synthesize_records(QUESTIONS, SPOKEN_DIR, progress=False)
+
+
+def timed_answers(model, processor, items, task: str) -> tuple[list[str], float]:
+    run_predictions(model, processor, items[:2], task, 2, 4, progress=False)  # warm-up (allocator, kernels)
+    started = time.perf_counter()
+    predictions, _ = run_predictions(model, processor, items, task, BATCH_SIZE, MAX_NEW_TOKENS, progress=False)
+    return predictions, time.perf_counter() - started
+
+
+def accuracy(predictions: list[str], items) -> float:
+    return load_metric("spoken_qa_accuracy").compute(predictions=predictions,
+                                                     references=[item.answers for item in items])["accuracy"]
+
+
+def main() -> int:
+    model_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else default_model_dir()
+    records = load_records(spoken_demo_questions(), require_audio=True)
+    answers, seconds = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        model, processor = load_model(model_dir, dtype=dtype)
+        for task in ("t2t", "s2t"):
+            items = eval_items(records, task)
+            answers[dtype, task], seconds[dtype, task] = timed_answers(model, processor, items, task)
+        del model
+    result = {"model": str(model_dir), "n": len(records), "batch_size": BATCH_SIZE, "threads": torch.get_num_threads()}
+    for task in ("t2t", "s2t"):
+        items = eval_items(records, task)
+        reference, measured = answers["float32", task], answers["bfloat16", task]
+        result.update({
+            f"speedup_{task}": round(seconds["float32", task] / seconds["bfloat16", task], 3),
+            f"samples_per_s_{task}": [round(len(items) / seconds[d, task], 3) for d in ("float32", "bfloat16")],
+            f"answers_agree_{task}": round(sum(a == b for a, b in zip(reference, measured)) / len(items), 3),
+            f"accuracy_{task}": [round(accuracy(reference, items), 3), round(accuracy(measured, items), 3)],
+        })
+    result["target"] = {"speedup": 1.5, "accuracy_within": 0.05}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
