@@ -176,7 +176,7 @@ class Reproduction(RunLayout):
         if not done(out / "metrics.json"):
             run_command(["eval", "--model", str(model_dir), "--data", str(self.spoken("test")), "--task", task,
                          "--out", str(out), "--batch-size", str(self.preset.eval_batch_size),
-                         "--max-new-tokens", str(self.preset.max_new_tokens)])
+                         "--max-new-tokens", str(self.preset.max_new_tokens), "--dtype", self.preset.inference_dtype])
         return _read_json(out / "metrics.json")["accuracy"]
 
     def evaluate(self) -> dict[str, Any]:
