@@ -1,12 +1,14 @@
-"""Response perplexity: the full (B, L, V) logits vs logits kept from the first response token on,
-side by side in one run, on a model folder and spoken records.
-
-The reference is the computation `speech_llama.perplexity` did before (every position's logits, loss
-over the transposed (B, V, L) tensor); the measured one is `response_perplexity` as it is now.
+"""Response perplexity, three ways side by side in one run on a model folder and spoken records:
+the full (B, L, V) logits in record order (what `speech_llama.perplexity` did first), logits kept
+from the first response token on in record order, and the same in batches of similar row length
+(`response_perplexity` as it is now); then the last with the weights in bfloat16 (the reproduction's
+inference precision), whose PPL must agree within 0.5 %.
 Usage: python bench/perplexity.py [MODEL_DIR RECORDS.jsonl [N]] (default: bench/inference_dtype.py's
 model and spoken demo questions; N records, text and speech input). The README's figures are on
 `make paper`'s base model and its held-out response records (runs/paper/models/base, runs/paper/data/ppl).
-Last line: {"speedup_text": …, "speedup_speech": …, "same_ppl": …}. Target: speedup ≥ 1.2, same PPL.
+Last line: {"speedup_text": …, "speedup_speech": …, "length_speedup_text": …, "same_ppl": …}, each
+speedup against the full-logit reference (length_speedup: by length against kept logits in order).
+Target: speedup ≥ 1.2, same PPL.
 """
 
 from __future__ import annotations
@@ -58,13 +60,26 @@ def main() -> int:
     same = True
     for input_kind in ("text", "speech"):
         reference, reference_s = timed(full_logit_perplexity, model, processor, records, input_kind)
+        in_order, in_order_s = timed(lambda: response_perplexity(model, processor, records, input=input_kind,
+                                                                 batch_size=BATCH_SIZE, by_length=False).ppl)
         kept, kept_s = timed(lambda: response_perplexity(model, processor, records, input=input_kind,
                                                          batch_size=BATCH_SIZE).ppl)
-        # same mean NLL to float32 rounding (the two sum the token losses in different orders)
-        same = same and abs(math.log(reference) - math.log(kept)) <= 5e-4
-        result.update({f"{input_kind}_full_s": round(reference_s, 2), f"{input_kind}_kept_s": round(kept_s, 2),
-                       f"{input_kind}_ppl": [round(reference, 5), round(kept, 5)],
-                       f"speedup_{input_kind}": round(reference_s / kept_s, 3)})
+        # same mean NLL to float32 rounding (the three sum the token losses in different orders)
+        same = same and all(abs(math.log(reference) - math.log(value)) <= 5e-4 for value in (in_order, kept))
+        result.update({f"{input_kind}_full_s": round(reference_s, 2), f"{input_kind}_in_order_s": round(in_order_s, 2),
+                       f"{input_kind}_kept_s": round(kept_s, 2),
+                       f"{input_kind}_ppl": [round(reference, 5), round(in_order, 5), round(kept, 5)],
+                       f"speedup_{input_kind}": round(reference_s / kept_s, 3),
+                       f"length_speedup_{input_kind}": round(in_order_s / kept_s, 3)})
+    bf16_model, _ = load_model(model_dir, dtype="bfloat16")
+    for input_kind in ("text", "speech"):
+        bf16, bf16_s = timed(lambda: response_perplexity(bf16_model, processor, records, input=input_kind,
+                                                         batch_size=BATCH_SIZE).ppl)
+        relative = abs(bf16 / result[f"{input_kind}_ppl"][2] - 1)
+        same = same and relative <= 5e-3
+        result.update({f"{input_kind}_bf16_s": round(bf16_s, 2), f"{input_kind}_bf16_ppl": round(bf16, 5),
+                       f"bf16_speedup_{input_kind}": round(result[f"{input_kind}_kept_s"] / bf16_s, 3),
+                       f"bf16_relative_ppl_{input_kind}": round(relative, 5)})
     result.update({"same_ppl": same, "target": {"speedup": 1.2, "same_ppl": True}})
     print(json.dumps(result))
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from speech_llama.files import atomic_write_json
+from speech_llama.generate import add_dtype_argument
 from speech_llama.remote_code import add_trust_argument
 
 from .artifact import check_against_model, load_artifact
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--out", required=True, type=Path, help="R.json")
     parser.add_argument("--no-progress", action="store_true")
+    add_dtype_argument(parser)
     add_trust_argument(parser)
 
 
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     artifact = load_artifact(args.importance)
-    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    model, processor = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     check_against_model(artifact.shapes, model, where=str(args.importance), summary=artifact.summary)
     importances = artifact.load_all()
     records = load_slice(args.data, args.split, args.skip, args.max_samples, require_audio=args.input == "speech")
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "nll": table["nll"],
         "counts": {**table["counts"], "analysed": total},
         "seed": args.seed,
+        "dtype": args.dtype,
         "num_samples": len(records),
         "num_tokens": table["tokens"],
         "model": str(args.model),

@@ -82,6 +82,18 @@ class QACollator:
         """Whether this record is trained to repeat its question instead of answering it."""
         return False
 
+    def row_length(self, record: dict[str, Any]) -> int:
+        """A record's row length in tokens before padding: question tokens (or, for speech, the
+        clip's placeholders, from the file header) plus completion tokens, without the template."""
+        where = self._where(record)
+        target, _ = self._target(record, where)
+        count = len(self.processor.tokenizer(target, add_special_tokens=False)["input_ids"])
+        if self.as_text(record):
+            return count + len(self.processor.tokenizer(record.get("question") or "", add_special_tokens=False)["input_ids"])
+        if record.get("audio") is None:
+            raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
+        return count + self.processor.num_speech_tokens(audio_num_samples(record["audio"], where=f"{where}, column 'audio'"))
+
     def _where(self, record: dict[str, Any]) -> str:
         return f"record {record.get('_row', '?')}"
 
@@ -138,14 +150,32 @@ class QACollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def iterate_batches(records, collator: QACollator, batch_size: int):
-    """Yield collated batches over a `datasets.Dataset` or list of records, in order."""
+def sorted_index_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar length (ties in input order), so left padding wastes little compute."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        if isinstance(chunk, dict):  # a datasets slice is columnar
-            chunk = [dict(zip(chunk, values)) for values in zip(*chunk.values())]
-        for offset, record in enumerate(chunk):
-            record.setdefault("_row", start + offset)
-        yield collator(chunk)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _rows(records, indices) -> list[dict[str, Any]]:
+    chunk = records[indices] if not isinstance(records, list) else [records[i] for i in indices]
+    if isinstance(chunk, dict):  # a datasets slice is columnar
+        chunk = [dict(zip(chunk, values)) for values in zip(*chunk.values())]
+    for index, record in zip(indices, chunk):
+        record.setdefault("_row", index)
+    return chunk
+
+
+def iterate_batches(records, collator: QACollator, batch_size: int, by_length: bool = False):
+    """Yield collated batches over a `datasets.Dataset` or list of records: in order, or (`by_length`)
+    grouped by `QACollator.row_length` so rows of a batch pad little; a sum over batches is the same
+    either way up to float rounding."""
+    if by_length:
+        batches = sorted_index_batches([collator.row_length(_rows(records, [i])[0]) for i in range(len(records))], batch_size)
+    else:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batches = [list(range(start, min(start + batch_size, len(records)))) for start in range(0, len(records), batch_size)]
+    for indices in batches:
+        yield collator(_rows(records, indices))

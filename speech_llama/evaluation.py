@@ -25,6 +25,7 @@ from .audio import SAMPLE_RATE, read_audio
 from .batching import continuous_greedy_answers
 from .files import atomic_write_json, write_jsonl
 from .build import DTYPES
+from .collate import sorted_index_batches
 from .generate import TRANSCRIPT_INSTRUCTION, add_dtype_argument, load_model
 from .records import Locator, load_located_records
 from .remote_code import add_trust_argument, load_processor
@@ -62,12 +63,8 @@ def eval_items(records, task: str, locate: Locator | None = None, checks=()) -> 
 
 
 def length_sorted_batches(items: list[EvalItem], batch_size: int, by_audio: bool) -> list[list[int]]:
-    """Index batches of similar length, so left padding wastes little compute."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = [len(item.audio) if by_audio else len(item.question) for item in items]
-    order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    """Index batches of items of similar question (or clip) length."""
+    return sorted_index_batches([len(item.audio) if by_audio else len(item.question) for item in items], batch_size)
 
 
 class WhisperTranscriber:
@@ -100,7 +97,8 @@ def default_asr_model() -> Path:
     return whisper_tiny_en_dir()
 
 
-def run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber=None, progress=True):
+def run_predictions(model, processor, items, task, batch_size, max_new_tokens, transcriber=None, progress=True,
+                    description: str | None = None):
     """Predictions (and cascade transcripts) in the items' order.
 
     Answers are decoded with continuous batching (`speech_llama.batching`): up to `batch_size`
@@ -118,7 +116,7 @@ def run_predictions(model, processor, items, task, batch_size, max_new_tokens, t
     questions = [asked[index] for index in order]
     audios = [items[index].audio for index in order] if task in ("s2t", "readback") else None
     answers = continuous_greedy_answers(model, processor, questions, audios, batch_size, max_new_tokens,
-                                        progress=progress, description=f"eval {task}",
+                                        progress=progress, description=description or f"eval {task}",
                                         instruction=TRANSCRIPT_INSTRUCTION if task == "readback" else None)
     predictions: list[str | None] = [None] * len(items)
     for index, answer in zip(order, answers):

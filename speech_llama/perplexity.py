@@ -56,11 +56,15 @@ def response_perplexity(
     batch_size: int = 8,
     max_length: int | None = 512,
     progress: bool = False,
+    by_length: bool = True,
 ) -> PerplexityResult:
-    """exp(mean NLL) over all response tokens of `records` (not a mean of per-record perplexities)."""
+    """exp(mean NLL) over all response tokens of `records` (not a mean of per-record perplexities).
+
+    `by_length` batches rows of similar length together (less left padding; the sum is the same up
+    to float rounding), else batches follow the records' order."""
     collator = QACollator(processor, input=input, max_length=max_length)
     total_nll, total_tokens = 0.0, 0
-    batches = iterate_batches(records, collator, batch_size)
+    batches = iterate_batches(records, collator, batch_size, by_length=by_length)
     for batch in tqdm(batches, total=math.ceil(len(records) / batch_size), desc=f"perplexity ({input})", disable=not progress):
         nll, tokens = response_nll(model, batch)
         total_nll += float(nll)

@@ -133,6 +133,27 @@ def test_deactivate_cli_writes_the_contract(tiny_model_dir, tmp_path):
     assert result["counts"]["top"] == result["counts"]["bottom"] == result["counts"]["random"] == fraction_count(0.05, total)
 
 
+def test_deactivate_in_bfloat16_zeroes_the_same_count_and_records_the_precision(tiny_model_dir, tmp_path):
+    model, _ = load_model(tiny_model_dir)
+    decoder = {n: p for n, p in model.named_parameters() if n.startswith("language_model.model.layers.")}
+    importances = {n: (p.detach().abs() * torch.rand_like(p)).float() for n, p in decoder.items()}
+    artifact = tmp_path / "imp.safetensors"
+    summary = build_summary(importances, num_layers=4, model=str(tiny_model_dir), input="text", num_samples=1, num_tokens=1, reduction="mean")
+    save_artifact(artifact, importances, summary)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.json"
+        assert importance_main([
+            "deactivate", "--model", str(tiny_model_dir), "--importance", str(artifact), "--data", str(QA_DATA),
+            "--max-samples", "6", "--fraction", "0.05", "--batch-size", "3", "--out", str(out), "--no-progress",
+            "--dtype", dtype,
+        ]) == 0
+        results[dtype] = json.loads(out.read_text())
+    assert results["bfloat16"]["dtype"] == "bfloat16" and results["float32"]["dtype"] == "float32"
+    assert results["bfloat16"]["counts"] == results["float32"]["counts"]
+    assert results["bfloat16"]["ppl"]["base"] == pytest.approx(results["float32"]["ppl"]["base"], rel=0.05)
+
+
 def test_deactivate_refuses_an_artifact_of_another_model(tiny_model_dir, tmp_path):
     name = "language_model.model.layers.0.mlp.up_proj.weight"
     importances = {name: torch.ones(5, 5)}

@@ -60,3 +60,44 @@ def test_response_nll_keeps_the_graph_and_counts_only_labelled_tokens(tiny, reco
     unlabelled = {**batch, "labels": torch.full_like(batch["labels"], -100)}
     nothing, none = response_nll(model, unlabelled)
     assert float(nothing.detach()) == 0.0 and none == 0
+
+
+@pytest.mark.parametrize("input_kind", ["text", "speech"])
+def test_batches_by_length_group_similar_rows_and_cover_every_record_once(tiny, records, input_kind):
+    from speech_llama.collate import iterate_batches
+
+    _, processor = tiny
+    collator = QACollator(processor, input=input_kind)
+    lengths = [collator.row_length(records[i]) for i in range(len(records))]
+    seen = []
+    for batch in iterate_batches(records, _RowRecorder(collator, seen), 2, by_length=True):
+        assert batch["input_ids"].shape[0] <= 2
+    assert sorted(row for rows in seen for row in rows) == list(range(len(records)))
+    assert [lengths[row] for rows in seen for row in rows] == sorted(lengths)  # shortest rows first
+    in_order = []
+    list(iterate_batches(records, _RowRecorder(collator, in_order), 2))
+    assert in_order == [[0, 1], [2, 3], [4]]
+
+
+class _RowRecorder:
+    """A collator that records which rows each batch held (by their `_row`)."""
+
+    def __init__(self, collator, seen):
+        self.collator, self.seen = collator, seen
+
+    def row_length(self, record):
+        return self.collator.row_length(record)
+
+    def __call__(self, rows):
+        self.seen.append([row["_row"] for row in rows])
+        return self.collator(rows)
+
+
+def test_row_length_counts_speech_placeholders_for_speech_and_question_tokens_for_text(tiny, records):
+    _, processor = tiny
+    record = records[4]
+    completion = len(processor.tokenizer(record["response"], add_special_tokens=False)["input_ids"])
+    question = len(processor.tokenizer(record["question"], add_special_tokens=False)["input_ids"])
+    assert QACollator(processor, input="text").row_length(record) == completion + question
+    placeholders = processor.num_speech_tokens(int(16000 * (0.4 + 0.3 * 4)))
+    assert QACollator(processor, input="speech").row_length(record) == completion + placeholders

@@ -169,16 +169,33 @@ def test_interrupted_run_resumes_without_resynthesising(tmp_path, monkeypatch):
 def test_training_mix_speaks_record_i_with_the_ith_training_voice_never_the_held_out_one(tmp_path, monkeypatch):
     from speech_llama.corpus.voices import HELD_OUT_SPEAKER, VOICES as CORPUS_VOICES, training_voices
 
-    spoken_by = []
-    monkeypatch.setattr(synthesize, "synthesize_text",
-                        lambda text, voice: spoken_by.append(voice) or np.zeros(1600, dtype=np.float32))
+    voice_of = {}
+
+    def fake_speech(texts, voice):
+        voice_of.update({text: voice for text in texts})
+        return [np.zeros(1600, dtype=np.float32) for _ in texts]
+
+    monkeypatch.setattr(synthesize, "synthesize_texts", fake_speech)
     monkeypatch.setattr(synthesize, "check_voice", lambda voice: None)
     many = [{"question": f"Question number {i}?"} for i in range(len(training_voices()) + 2)]
     synthesize_records(many, tmp_path, voice=synthesize.TRAINING_MIX, progress=False)
     names = [voice.name for voice in training_voices()]
+    spoken_by = [voice_of[record["question"]] for record in many]
     assert spoken_by == names + names[:2]
+    assert len(list((tmp_path / "audio").glob("*.wav"))) == len(many)
     assert all(CORPUS_VOICES[name].speaker != HELD_OUT_SPEAKER for name in spoken_by)
     assert len(set(spoken_by)) == len(names) > 10
+
+
+def test_engine_voices_speak_in_chunks_of_one_voice_and_piper_one_text_at_a_time():
+    from speech_llama.synthesize import SYNTHESIS_CHUNK, PlannedRecord, voice_chunks
+
+    items = [PlannedRecord(f"t{i}", f"{i}.wav", "{}", voice) for i, voice in
+             enumerate(["festival-slt"] * (SYNTHESIS_CHUNK + 1) + ["joe", "flite-awb", "joe"])]
+    chunks = voice_chunks(items)
+    assert [[item.text for item in chunk] for chunk in chunks][1:] == [["t16"], ["t17"], ["t19"], ["t18"]]
+    assert len(chunks[0]) == SYNTHESIS_CHUNK and {item.voice for item in chunks[0]} == {"festival-slt"}
+
 
 
 # ------------------------------------------------------------------------------------------

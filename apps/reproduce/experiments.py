@@ -60,8 +60,9 @@ class ExperimentPreset:
     eval_batch_size: int = 8
     importance_batch_size: int = 8
     dtype: str = "float32"
-    # Weights' precision of the QA evals (generation only; importance, perplexity and training stay
-    # float32): bf16 answers 2-3x faster on this CPU (bench/inference_dtype.py measures the agreement).
+    # Weights' precision of every forward-only pass — QA evals, self-distilled responses, Table 1 and
+    # response perplexity; importance and training (gradients) stay float32. bf16 is 2-3x faster on
+    # this CPU at the same accuracy and PPL within 0.2 % (bench/inference_dtype.py, bench/perplexity.py).
     inference_dtype: str = "float32"
     use_cpu: bool = True
     notes: list[str] = field(default_factory=list)

@@ -99,8 +99,8 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
         f"(LoRA {preset['lora_learning_rate']}), adaptor lr {preset['adaptor_learning_rate']}, cosine, seed 0, same data for all methods; "
         f"{preset.get('transcript_ratio', 0):.0%} of the speech rows repeat the question (transcript task)"
         + (", bf16 autocast." if preset.get("train_bf16") or preset["dtype"] == "bfloat16" else ".")
-        + f" QA evals: greedy, batch {preset['eval_batch_size']}, weights in {preset.get('inference_dtype', 'float32')}"
-        " (importance, perplexity and training in float32).",
+        + f" QA evals: greedy, batch {preset['eval_batch_size']}; QA evals, self-distilled responses and perplexity with the"
+        f" weights in {preset.get('inference_dtype', 'float32')} (importance and training in float32).",
         "",
         "## Table 1 — perplexity with 3 % of the LLM decoder parameters zeroed",
         "",

@@ -102,7 +102,8 @@ class Reproduction(RunLayout):
     def _self_distil(self, prompts: list[dict], out: Path) -> None:
         if not done(out):
             self_distil(self.base_model, prompts, out, batch_size=self.preset.eval_batch_size * 2,
-                        max_new_tokens=self.preset.response_tokens, progress=self.progress)
+                        max_new_tokens=self.preset.response_tokens, dtype=self.preset.inference_dtype,
+                        progress=self.progress)
 
     # --- 3. importance ---
     def _importance(self, model_dir: Path, input_kind: str, artifact: Path) -> None:
@@ -125,7 +126,7 @@ class Reproduction(RunLayout):
                     run_command(["deactivate", "--model", str(self.base_model), "--importance", str(artifact),
                                  "--data", str(self.spoken(split)), "--input", input_kind, "--fraction", "0.03",
                                  "--batch-size", str(self.preset.importance_batch_size), "--out", str(result_path),
-                                 "--no-progress"])
+                                 "--dtype", self.preset.inference_dtype, "--no-progress"])
                 table1[row][input_kind] = _read_json(result_path)
         return table1
 
@@ -222,7 +223,7 @@ class Reproduction(RunLayout):
                 perplexity[name] = {kind: _read_json(self.table1_result("paper", kind))["ppl"]["base"]
                                     for kind in ("text", "speech")}
                 continue
-            model, processor = load_model(model_dir)
+            model, processor = load_model(model_dir, dtype=self.preset.inference_dtype)
             perplexity[name] = {
                 input_kind: response_perplexity(model, processor, records, input=input_kind,
                                                 batch_size=self.preset.importance_batch_size).ppl
