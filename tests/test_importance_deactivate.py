@@ -110,13 +110,19 @@ def test_zeroing_restores_every_parameter_bit_exactly(tiny_model_dir):
         assert torch.equal(p.detach(), original[name]), name
 
 
-def test_deactivate_cli_writes_the_contract(tiny_model_dir, tmp_path):
+def random_importance_artifact(tiny_model_dir, tmp_path):
+    """|θ|·U(0,1) over the tiny model's decoder, saved as an importance artifact → (path, importances)."""
     model, _ = load_model(tiny_model_dir)
     decoder = {n: p for n, p in model.named_parameters() if n.startswith("language_model.model.layers.")}
     importances = {n: (p.detach().abs() * torch.rand_like(p)).float() for n, p in decoder.items()}
     artifact = tmp_path / "imp.safetensors"
     summary = build_summary(importances, num_layers=4, model=str(tiny_model_dir), input="text", num_samples=1, num_tokens=1, reduction="mean")
     save_artifact(artifact, importances, summary)
+    return artifact, importances
+
+
+def test_deactivate_cli_writes_the_contract(tiny_model_dir, tmp_path):
+    artifact, importances = random_importance_artifact(tiny_model_dir, tmp_path)
     out = tmp_path / "r.json"
     code = importance_main([
         "deactivate", "--model", str(tiny_model_dir), "--importance", str(artifact), "--data", str(QA_DATA),
@@ -134,12 +140,7 @@ def test_deactivate_cli_writes_the_contract(tiny_model_dir, tmp_path):
 
 
 def test_deactivate_in_bfloat16_zeroes_the_same_count_and_records_the_precision(tiny_model_dir, tmp_path):
-    model, _ = load_model(tiny_model_dir)
-    decoder = {n: p for n, p in model.named_parameters() if n.startswith("language_model.model.layers.")}
-    importances = {n: (p.detach().abs() * torch.rand_like(p)).float() for n, p in decoder.items()}
-    artifact = tmp_path / "imp.safetensors"
-    summary = build_summary(importances, num_layers=4, model=str(tiny_model_dir), input="text", num_samples=1, num_tokens=1, reduction="mean")
-    save_artifact(artifact, importances, summary)
+    artifact, importances = random_importance_artifact(tiny_model_dir, tmp_path)
     results = {}
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / f"{dtype}.json"
