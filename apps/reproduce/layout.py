@@ -39,6 +39,11 @@ class RunLayout:
     def importance(self, name: str) -> Path:
         return self.dir / "importance" / f"{name}.safetensors"
 
+    @property
+    def timings_file(self) -> Path:
+        """Seconds each stage has taken, summed over the runs that worked on it (resumes included)."""
+        return self.dir / "timings.json"
+
     def table1_result(self, row: str, input_kind: str) -> Path:
         """`speech-llama deactivate`'s result for one Table 1 row and input (of the base model)."""
         return self.dir / "importance" / f"table1-{row}-{input_kind}.json"

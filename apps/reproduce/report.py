@@ -157,5 +157,6 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{figure.stem}](figures/{figure.name})" for figure in figures]
-    lines += ["", f"Wall time: {results['wall_s']} s (stages: {results['stage_seconds']})", ""]
+    lines += ["", f"Time: {results['wall_s']} s of stage work, summed over the runs that did it (this run"
+              f" {results.get('this_run_s', results['wall_s'])} s; stages: {results['stage_seconds']})", ""]
     return "\n".join(lines)
