@@ -6,7 +6,8 @@ interrupted run continues where it stopped):
 1. model      — build the preset's model (cpu-mini: offline-mini-aligned, its cached alignment reused;
                 --fast: offline-mini).
 2. data       — training prompts from `data/train_questions.jsonl` answered by the base LLM itself
-                (self-distilled responses, greedy), and QA test sets; all spoken with Piper.
+                (self-distilled responses, greedy), and QA test sets; training prompts spoken by the
+                corpus's training voices in turn, every held-out set by the held-out voice.
 3. importance — text- and speech-input importance of the pre-trained model; deactivation check
                 (Table 1) for both inputs.
 4. train      — Stage 1 with Full-FT, Layer-LR (from stage 3's text summary) and LoRA: same data,
