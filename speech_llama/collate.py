@@ -90,9 +90,15 @@ class QACollator:
         count = len(self.processor.tokenizer(target, add_special_tokens=False)["input_ids"])
         if self.as_text(record):
             return count + len(self.processor.tokenizer(record.get("question") or "", add_special_tokens=False)["input_ids"])
+        audio = self._audio(record, where)
+        return count + self.processor.num_speech_tokens(audio_num_samples(audio, where=f"{where}, column 'audio'"))
+
+    @staticmethod
+    def _audio(record: dict[str, Any], where: str) -> Any:
+        """The record's `audio` value; a speech row without one is an error naming the record."""
         if record.get("audio") is None:
             raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
-        return count + self.processor.num_speech_tokens(audio_num_samples(record["audio"], where=f"{where}, column 'audio'"))
+        return record["audio"]
 
     def _where(self, record: dict[str, Any]) -> str:
         return f"record {record.get('_row', '?')}"
@@ -117,10 +123,8 @@ class QACollator:
             completions.append(completion)
             if as_text:
                 audios.append(None)
-            elif record.get("audio") is None:
-                raise ValueError(f"{where}, column 'audio': speech input needs audio for every record")
             else:
-                audios.append(read_audio(record["audio"], where=f"{where}, column 'audio'"))
+                audios.append(read_audio(self._audio(record, where), where=f"{where}, column 'audio'"))
         has_speech = any(audio is not None for audio in audios)
         encoded = self.processor(text=prompts, audio=audios if has_speech else None, sampling_rate=SAMPLE_RATE,
                                  padding=False, return_tensors=None)
@@ -150,12 +154,16 @@ class QACollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def sorted_index_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar length (ties in input order), so left padding wastes little compute."""
+def _index_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """`order` cut into consecutive batches of at most `batch_size` indices."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def sorted_index_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar length (ties in input order), so left padding wastes little compute."""
+    return _index_batches(sorted(range(len(lengths)), key=lambda i: (lengths[i], i)), batch_size)
 
 
 def _rows(records, indices) -> list[dict[str, Any]]:
@@ -174,8 +182,6 @@ def iterate_batches(records, collator: QACollator, batch_size: int, by_length: b
     if by_length:
         batches = sorted_index_batches([collator.row_length(_rows(records, [i])[0]) for i in range(len(records))], batch_size)
     else:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        batches = [list(range(start, min(start + batch_size, len(records)))) for start in range(0, len(records), batch_size)]
+        batches = _index_batches(list(range(len(records))), batch_size)
     for indices in batches:
         yield collator(_rows(records, indices))
