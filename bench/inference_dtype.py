@@ -5,8 +5,9 @@ precision at the reproduction's eval batch size, and the share of greedy answers
 answers) that agree. Model: the cached offline-mini-aligned folder when built, else offline-mini;
 questions: data/demo_qa.jsonl, spoken once by the default Piper voice (cached under runs/).
 Usage: python bench/inference_dtype.py [MODEL_DIR]
-Last line: {"speedup_t2t": …, "speedup_s2t": …, "answers_agree_t2t": …, …}. Target: speedup ≥ 1.5
-with accuracy within 0.05 of float32's.
+Last line: {"speedup_t2t": …, "speedup_s2t": …, "answers_agree_t2t": …, "cpu_runs_bfloat16": …, …}.
+Target: speedup ≥ 1.5 with accuracy within 0.05 of float32's on a CPU that runs bf16 natively
+(`speech_llama.precision`); on one that does not, the speedup is < 1 and "auto" picks float32.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from evaluate_metrics import load_metric
 from speech_llama.evaluation import eval_items, run_predictions
 from speech_llama.generate import load_model
+from speech_llama.precision import cpu_runs_bfloat16
 from speech_llama.presets import offline_mini_dir
 from speech_llama.records import load_records
 from speech_llama.synthesize import synthesize_records
@@ -65,7 +67,8 @@ def main() -> int:
             items = eval_items(records, task)
             answers[dtype, task], seconds[dtype, task] = timed_answers(model, processor, items, task)
         del model
-    result = {"model": str(model_dir), "n": len(records), "batch_size": BATCH_SIZE, "threads": torch.get_num_threads()}
+    result = {"model": str(model_dir), "n": len(records), "batch_size": BATCH_SIZE, "threads": torch.get_num_threads(),
+              "cpu_runs_bfloat16": cpu_runs_bfloat16()}
     for task in ("t2t", "s2t"):
         items = eval_items(records, task)
         reference, measured = answers["float32", task], answers["bfloat16", task]

@@ -34,7 +34,8 @@ def build_parser(prog: str, commands: CommandTable, command: str | None = None, 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in commands.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        # argparse %-formats help (not descriptions): a literal "95 %" would crash `--help`.
+        subparser = subparsers.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         subparser.set_defaults(_module=module_name)
         if name == command:
             importlib.import_module(module_name).add_arguments(subparser)

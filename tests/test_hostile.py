@@ -333,3 +333,21 @@ def test_a_rejected_upload_is_deleted_at_once(tmp_path, monkeypatch):
     outside = tmp_path / "mine.txt"
     outside.write_text("keep")
     assert not discard_upload(outside) and outside.exists()  # only Gradio's upload folder is touched
+
+
+@pytest.mark.parametrize("command", [None, *cli.COMMANDS])
+def test_help_prints_for_the_program_and_every_command(command, capsys):
+    # A literal "%" in a help text once crashed `speech-llama --help` inside argparse.
+    argv = ["--help"] if command is None else [command, "--help"]
+    try:
+        status = cli.main(argv)  # pass-through commands (train) print their own help and return
+    except SystemExit as stopped:
+        status = stopped.code
+    captured = capsys.readouterr()
+    assert status == 0 and "Traceback" not in captured.err, captured.err
+    if command == "train":
+        assert "CONFIG.yaml" in captured.out
+    else:
+        assert captured.out.startswith("usage: "), captured.out
+    if command is None:
+        assert "eval-diff" in captured.out and "95 %" in captured.out

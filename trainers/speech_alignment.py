@@ -13,13 +13,14 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from speech_llama.files import atomic_write, read_jsonl
+from speech_llama.precision import cpu_runs_bfloat16
 from trainers.ctc_alignment import ctc_loss_from_states, greedy_ctc_tokens
 
 STATE_NAME = "alignment-state.pt"
@@ -37,7 +38,8 @@ class AlignmentSettings:
     checkpoint_every: int = 100
     eval_every: int = 500
     seed: int = 0
-    bf16: bool = True
+    # bf16 autocast only where the CPU runs bf16 natively (emulated bf16 is several times slower).
+    bf16: bool = field(default_factory=cpu_runs_bfloat16)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from speech_llama.files import atomic_write, read_jsonl, write_jsonl
 from speech_llama.generate import qa_training_text
+from speech_llama.precision import cpu_runs_bfloat16
 from trainers.ctc_alignment import ctc_loss_from_states
 from trainers.speech_alignment import CachedClip, batch_tensors
 
@@ -35,7 +36,8 @@ class DistillationSettings:
     max_response_tokens: int = 32
     checkpoint_every: int = 25
     seed: int = 0
-    bf16: bool = True
+    # bf16 autocast only where the CPU runs bf16 natively (emulated bf16 is several times slower).
+    bf16: bool = field(default_factory=cpu_runs_bfloat16)
 
 
 def teacher_responses(model, processor, clips: list[CachedClip], out_dir: Path, max_new_tokens: int,

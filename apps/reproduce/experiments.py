@@ -3,8 +3,9 @@ results. (Not to be confused with the model-build presets of `speech_llama.prese
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from speech_llama.precision import AUTO, cpu_runs_bfloat16, resolve_dtype_name
 from speech_llama.synthesize import TRAINING_MIX
 
 METHODS = ("full", "layer_lr", "lora")
@@ -54,18 +55,28 @@ class ExperimentPreset:
     # Who reads the training prompts: every corpus training voice in turn (the held-out speaker never),
     # so the methods do not fit one voice that the held-out tests never use.
     train_voice: str = TRAINING_MIX
-    train_bf16: bool = False  # bf16 autocast in training and alignment (CPU with AVX512-BF16: ~1.6x faster steps here)
+    # bf16 autocast in training and alignment (a CPU with AVX512-BF16: ~1.6x faster steps); None: where
+    # the CPU runs bf16 natively (emulated bf16 on an AVX2-only CPU is several times slower).
+    train_bf16: bool | None = False
     max_new_tokens: int = 48
     response_tokens: int = 48
     eval_batch_size: int = 8
     importance_batch_size: int = 8
     dtype: str = "float32"
     # Weights' precision of every forward-only pass — QA evals, self-distilled responses, Table 1 and
-    # response perplexity; importance and training (gradients) stay float32. bf16 is 2-3x faster on
-    # this CPU at the same accuracy and PPL within 0.2 % (bench/inference_dtype.py, bench/perplexity.py).
+    # response perplexity; importance and training (gradients) stay float32. bf16 is 2-3x faster on a
+    # CPU with AVX512-BF16 at the same accuracy and PPL within 0.2 % (bench/inference_dtype.py,
+    # bench/perplexity.py), 6x slower on an AVX2-only one. "auto": bfloat16 where it runs natively.
     inference_dtype: str = "float32"
     use_cpu: bool = True
     notes: list[str] = field(default_factory=list)
+
+
+def for_this_machine(preset: ExperimentPreset) -> ExperimentPreset:
+    """`preset` with its automatic precisions decided for this machine (results.json records these)."""
+    device = "cpu" if preset.use_cpu else "cuda"
+    train_bf16 = cpu_runs_bfloat16() if preset.train_bf16 is None and preset.use_cpu else bool(preset.train_bf16)
+    return replace(preset, inference_dtype=resolve_dtype_name(preset.inference_dtype, device), train_bf16=train_bf16)
 
 
 EXPERIMENT_PRESETS = {
@@ -73,15 +84,15 @@ EXPERIMENT_PRESETS = {
         name="cpu-mini", llm=None, encoder=None, train_records=480, ppl_records=300,
         test_records=404, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
         # adaptor lr 1e-4 chosen on the dev speech PPL (distil, 60 steps): 1e-3 → 5.88, 3e-4 → 4.78, 1e-4 → 4.62.
-        adaptor_learning_rate=1e-4, train_bf16=True, max_new_tokens=32, inference_dtype="bfloat16", eval_batch_size=16,
+        adaptor_learning_rate=1e-4, train_bf16=None, max_new_tokens=32, inference_dtype=AUTO, eval_batch_size=16,
         # The cached aligned preset (its alignment is reused, not rerun): No-FT is the aligned-only model.
         model_preset="offline-mini-aligned",
     ),
     "cpu-mini-fast": ExperimentPreset(
         name="cpu-mini-fast", llm=None, encoder=None, train_records=40, ppl_records=16,
         test_records=16, max_steps=10, batch_size=4, learning_rate=1e-4, lora_learning_rate=5e-4,
-        adaptor_learning_rate=1e-3, max_new_tokens=24, response_tokens=32, align_steps=20, align_records=80, train_bf16=True,
-        inference_dtype="bfloat16",
+        adaptor_learning_rate=1e-3, max_new_tokens=24, response_tokens=32, align_steps=20, align_records=80, train_bf16=None,
+        inference_dtype=AUTO,
     ),
     "gpu-1b": ExperimentPreset(
         name="gpu-1b", llm="meta-llama/Llama-3.2-1B-Instruct", encoder="openai/whisper-large-v3", train_records=1895,

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .experiments import ALIGN, DISTILL, METHODS, ExperimentPreset
+from .experiments import ALIGN, DISTILL, METHODS, ExperimentPreset, for_this_machine
 
 
 class RunLayout:
     """The paths of one run: DIR/models, data, importance, configs, train, eval, figures."""
 
     def __init__(self, preset: ExperimentPreset, out_dir: Path):
-        self.preset = preset
+        self.preset = for_this_machine(preset)
         self.dir = Path(out_dir)
 
     @property

@@ -155,11 +155,12 @@ def _load_writer() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from speech_llama.offline.smollm2 import smollm2_dir
+    from speech_llama.precision import fast_dtype_name
 
     torch.set_num_threads(1)
     llm_dir = smollm2_dir()
     _WRITER["tokenizer"] = AutoTokenizer.from_pretrained(llm_dir, padding_side="left")
-    _WRITER["model"] = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.bfloat16).eval()
+    _WRITER["model"] = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=getattr(torch, fast_dtype_name())).eval()
 
 
 def _write_chunk(job: tuple[str, list[str], int]) -> int:
