@@ -17,6 +17,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful language and speech assistant. You are able to understand the speech content that the "
     "user provides, and assist the user with a variety of tasks using natural language."
 )
+# LLaMA-Omni's instruction after the clip of a spoken question.
+DEFAULT_SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
 SPEECH_SAMPLING_RATE = 16_000
 MIN_SPEECH_SECONDS = 0.1
 
@@ -51,6 +53,9 @@ class SpeechLlamaProcessor(ProcessorMixin):
         max_speech_seconds (`float`, *optional*, defaults to 30.0): the encoder's longest clip.
         system_prompt (`str`, *optional*): added by `apply_chat_template` when a conversation has none
             (LLaMA-Omni's system prompt by default).
+        speech_instruction (`str`, *optional*): the text after `<speech>` in a spoken-question prompt
+            (LLaMA-Omni's "Please directly answer the questions in the user's speech." by default;
+            `""`: the clip alone, as a typed question stands alone in its text-input prompt).
 
     Call: `processor(text=[prompts], audio=[clip | None | [clips] per prompt] or None,
     sampling_rate=16000, return_tensors="pt", padding=True)` → `input_ids`, `attention_mask` and,
@@ -69,6 +74,7 @@ class SpeechLlamaProcessor(ProcessorMixin):
         downsample: int = 5,
         max_speech_seconds: float = 30.0,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        speech_instruction: str = DEFAULT_SPEECH_INSTRUCTION,
     ):
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
@@ -76,6 +82,9 @@ class SpeechLlamaProcessor(ProcessorMixin):
         self.downsample = downsample
         self.max_speech_seconds = max_speech_seconds
         self.system_prompt = system_prompt
+        if not isinstance(speech_instruction, str):
+            raise ValueError(f"speech_instruction must be a string ('' for none), got {type(speech_instruction).__name__}")
+        self.speech_instruction = speech_instruction
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
         self.speech_token_id = self._require_speech_token()
         if tokenizer.pad_token is None:

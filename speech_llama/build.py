@@ -156,7 +156,9 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 
 model = AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained(REPO, trust_remote_code=True)
-messages = [{{"role": "user", "content": [{{"type": "audio"}}, {{"type": "text", "text": "\\nPlease directly answer the questions in the user's speech."}}]}}]
+# The folder's S2T instruction follows the clip ("" in processor_config.json: the clip alone).
+content = [{{"type": "audio"}}] + ([{{"type": "text", "text": processor.speech_instruction}}] if processor.speech_instruction else [])
+messages = [{{"role": "user", "content": content}}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 inputs = processor(text=[prompt], audio=[waveform_16khz], sampling_rate=16000, return_tensors="pt")
 print(processor.batch_decode(model.generate(**inputs, max_new_tokens=64)[:, inputs.input_ids.shape[1]:], skip_special_tokens=True))

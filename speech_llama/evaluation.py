@@ -137,10 +137,13 @@ def evaluate_model(
     progress: bool = True,
     trust_remote_code: bool | None = None,
     dtype: str = "float32",
+    speech_instruction: str | None = None,
 ) -> dict:
     """Run one task over a QA set; writes predictions.jsonl + metrics.json and returns the metrics.
 
     `dtype`: the weights' precision ("float32", "bfloat16", "float16"); it is recorded in metrics.json.
+    `speech_instruction`: replaces the folder's S2T instruction (`processor.speech_instruction`;
+    "" for the clip alone); the one used is recorded in metrics.json for S2T.
 
     Every row is read and every clip checked (file, line, column named) before the weights load."""
     if task not in TASKS:
@@ -152,6 +155,8 @@ def evaluate_model(
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); build one with `speech-llama build`")
     processor = load_processor(model_dir, trust_remote_code)
+    if speech_instruction is not None:
+        processor.speech_instruction = speech_instruction
     transcriber = (WhisperTranscriber(asr_model or default_asr_model(), bool(trust_remote_code))
                    if task == "cascade" else None)
     checks = [processor.check_audio] + ([transcriber.check] if transcriber is not None else [])
@@ -179,6 +184,7 @@ def evaluate_model(
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
         "dtype": dtype,
+        **({"speech_instruction": processor.speech_instruction} if task == "s2t" else {}),
     }
     rows = []
     for item, prediction, transcript, hit in zip(items, predictions, transcripts, scored["hits"]):
@@ -218,6 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--asr", help="Whisper checkpoint for --task cascade (default: the offline Whisper tiny.en)")
+    parser.add_argument("--speech-instruction",
+                        help="S2T: the text after the clip, replacing the folder's (processor.speech_instruction); '' for none")
     add_dtype_argument(parser)
     add_trust_argument(parser)
 
@@ -226,6 +234,7 @@ def run(args: argparse.Namespace) -> dict:
     metrics = evaluate_model(
         args.model, args.data, args.task, args.out, args.batch_size, args.max_samples, args.max_new_tokens,
         args.split, args.asr, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
+        speech_instruction=args.speech_instruction,
     )
     print(json.dumps(metrics))
     return metrics

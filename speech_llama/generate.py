@@ -18,7 +18,6 @@ from .audio import SAMPLE_RATE, read_audio
 from .build import DTYPES
 from .remote_code import add_trust_argument, load_processor
 
-SPEECH_INSTRUCTION = "\nPlease directly answer the questions in the user's speech."
 # The transcript task (training only): the model repeats the spoken words, which teaches the
 # adaptor words before answers (README, "The paper in miniature": why the transcript task).
 TRANSCRIPT_INSTRUCTION = "\nRepeat exactly what was said."
@@ -52,14 +51,16 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32, 
     return model, processor
 
 
-def user_content(question: str | None, speech: bool, instruction: str | None = None) -> list[dict]:
+def user_content(processor: SpeechLlamaProcessor, question: str | None, speech: bool,
+                 instruction: str | None = None) -> list[dict]:
     """The user turn: `<speech>` + instruction (S2T), or the question text in its place (T2T).
 
-    `instruction` replaces the default S2T instruction (and follows the question text in T2T);
-    QA prompts leave it None.
+    `instruction` replaces the processor's `speech_instruction` (and follows the question text in
+    T2T); QA prompts leave it None.
     """
     if speech:
-        return [{"type": "audio"}, {"type": "text", "text": instruction or SPEECH_INSTRUCTION}]
+        text = processor.speech_instruction if instruction is None else instruction
+        return [{"type": "audio"}] + ([{"type": "text", "text": text}] if text else [])
     if not question:
         raise ValueError("a text-input (T2T) prompt needs the question text")
     content = [{"type": "text", "text": question}]
@@ -69,7 +70,7 @@ def user_content(question: str | None, speech: bool, instruction: str | None = N
 def qa_prompt(processor: SpeechLlamaProcessor, question: str | None = None, speech: bool = False,
               instruction: str | None = None) -> str:
     """Chat-template prompt ending with the assistant header, ready for generation."""
-    messages = [{"role": "user", "content": user_content(question, speech, instruction)}]
+    messages = [{"role": "user", "content": user_content(processor, question, speech, instruction)}]
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
@@ -78,7 +79,7 @@ def qa_training_text(processor: SpeechLlamaProcessor, response: str, question: s
     """(prompt, completion): the loss is taken on the completion only (response + end-of-turn)."""
     prompt = qa_prompt(processor, question, speech, instruction)
     full = processor.apply_chat_template(
-        [{"role": "user", "content": user_content(question, speech, instruction)},
+        [{"role": "user", "content": user_content(processor, question, speech, instruction)},
          {"role": "assistant", "content": response}],
         add_generation_prompt=False,
     )

@@ -65,6 +65,17 @@ def tiny_whisper_dir(tmp_path_factory, tiny_model_dir):
     return folder
 
 
+def test_speech_instruction_override_is_used_and_recorded(tiny_model_dir, spoken_qa, tmp_path, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(spoken_qa), "--task", "s2t", "--out",
+                 str(tmp_path / "none"), "--batch-size", "2", "--max-new-tokens", "3", "--speech-instruction", ""]) == 0
+    assert json.loads((tmp_path / "none" / "metrics.json").read_text())["speech_instruction"] == ""
+    default = evaluate_model(tiny_model_dir, str(spoken_qa), "s2t", tmp_path / "default", batch_size=2,
+                             max_new_tokens=3, progress=False)
+    assert default["speech_instruction"].strip() == "Please directly answer the questions in the user's speech."
+    assert "speech_instruction" not in evaluate_model(tiny_model_dir, str(spoken_qa), "t2t", tmp_path / "t2t",
+                                                      batch_size=2, max_new_tokens=3, progress=False)
+
+
 def test_cascade_records_transcripts(tiny_model_dir, spoken_qa, tiny_whisper_dir, tmp_path):
     metrics = evaluate_model(tiny_model_dir, str(spoken_qa), "cascade", tmp_path, batch_size=2, max_new_tokens=3,
                              asr_model=tiny_whisper_dir, progress=False)

@@ -246,6 +246,27 @@ def test_chat_template_accepts_multimodal_messages_and_adds_system_prompt(tiny):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}])
 
 
+def test_speech_instruction_is_a_saved_processor_field(tiny_model_dir, tmp_path):
+    from modeling_speech_llama import SpeechLlamaProcessor
+    from modeling_speech_llama.processing_speech_llama import DEFAULT_SPEECH_INSTRUCTION
+    from speech_llama.generate import qa_prompt
+
+    processor = SpeechLlamaProcessor.from_pretrained(tiny_model_dir)
+    assert processor.speech_instruction == DEFAULT_SPEECH_INSTRUCTION
+    assert qa_prompt(processor, speech=True).count("Please directly answer the questions in the user's speech.") == 1
+    processor.speech_instruction = ""
+    processor.save_pretrained(tmp_path)
+    reloaded = SpeechLlamaProcessor.from_pretrained(tmp_path)
+    assert reloaded.speech_instruction == ""
+    alone = qa_prompt(reloaded, speech=True)
+    assert "Please directly answer" not in alone
+    # The clip ends the user turn, as a typed question does in its text-input prompt.
+    typed = qa_prompt(reloaded, question="QUESTION")
+    assert alone == typed.replace("QUESTION", "<speech>")
+    with pytest.raises(ValueError, match="speech_instruction must be a string"):
+        SpeechLlamaProcessor(processor.feature_extractor, processor.tokenizer, speech_instruction=None)
+
+
 def test_cli_build_tiny_random(tmp_path):
     from apps.cli import main
 

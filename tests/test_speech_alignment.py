@@ -16,7 +16,8 @@ from modeling_speech_llama import SpeechLlamaForCausalLM
 from speech_llama.batching import continuous_greedy_answers
 from speech_llama.evaluation import evaluate_model, readback_scores
 from speech_llama.files import read_jsonl, write_jsonl
-from speech_llama.generate import SPEECH_INSTRUCTION, TRANSCRIPT_INSTRUCTION, qa_inputs
+from modeling_speech_llama.processing_speech_llama import DEFAULT_SPEECH_INSTRUCTION as SPEECH_INSTRUCTION
+from speech_llama.generate import TRANSCRIPT_INSTRUCTION, qa_inputs
 from trainers import speech_alignment
 from trainers.ctc_alignment import ctc_loss_from_states, greedy_ctc_tokens
 from trainers.speech_alignment import (
