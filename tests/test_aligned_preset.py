@@ -12,7 +12,8 @@ import speech_llama.presets as presets
 from speech_llama.files import write_jsonl
 from speech_llama.generate import load_model
 from trainers import aligned_preset
-from trainers.aligned_preset import ALIGNED_ADAPTOR, AlignedRecipe, build_aligned_offline_mini, read_blanks_as_space
+from trainers.aligned_preset import (ALIGNED_ADAPTOR, AlignedRecipe, answer_token_f1, build_aligned_offline_mini,
+                                     dev_answer_agreement, read_blanks_as_space)
 from trainers.speech_alignment import AlignmentSettings
 from trainers.speech_distillation import DistillationSettings
 
@@ -59,7 +60,8 @@ def test_build_aligns_distils_exports_and_reuses(tiny, tiny_model_dir, tmp_path,
     monkeypatch.setattr(presets, "offline_mini_dir", lambda preset="offline-mini": tiny_model_dir)
     folder = build_aligned_offline_mini(tmp_path / "work", corpus, RECIPE, progress=False)
 
-    built, _ = load_model(folder)
+    built, built_processor = load_model(folder)
+    assert built_processor.speech_instruction == RECIPE.speech_instruction == ""  # the clip alone (dev criterion)
     for key, value in ALIGNED_ADAPTOR.items():
         assert getattr(built.config, key) == value, key
     summary = json.loads((tmp_path / "work" / "alignment.json").read_text())
@@ -69,7 +71,7 @@ def test_build_aligns_distils_exports_and_reuses(tiny, tiny_model_dir, tmp_path,
     base, _ = load_model(tiny_model_dir)
     assert all(torch.equal(built.language_model.state_dict()[k], v) for k, v in base.language_model.state_dict().items())
     readme = (folder / "README.md").read_text()
-    assert "DiVA-style distillation" in readme and "held-out speaker" in readme
+    assert "DiVA-style distillation" in readme and "held-out speaker" in readme and "the clip alone" in readme
 
     # A second build returns the cached folder without training.
     monkeypatch.setattr(aligned_preset, "train_alignment", lambda *a, **k: pytest.fail("trained again"))
@@ -84,3 +86,54 @@ def test_corpus_command_caches_the_corpus_the_aligned_build_reads():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert default_corpus_dir(parser.parse_args([]).preset) == default_corpus_dir(AlignedRecipe().base_preset)
+
+
+def test_answer_token_f1_counts_shared_words_under_the_project_normalisation():
+    assert answer_token_f1("Paris, of course.", "paris of course") == 1.0
+    assert answer_token_f1("the capital is Paris", "Paris") == pytest.approx(2 * (1 / 4) * 1 / (1 / 4 + 1))
+    assert answer_token_f1("Rome", "Paris") == 0.0
+    assert answer_token_f1("", "") == 1.0 and answer_token_f1("", "Paris") == 0.0
+
+
+def dev_split(root, texts):
+    from speech_llama.audio import write_wav
+
+    (root / "audio").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rows = []
+    for index, text in enumerate(texts):
+        write_wav(root / "audio" / f"{index}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32))
+        rows.append({"question": text, "audio": f"audio/{index}.wav"})
+    write_jsonl(root / "data.jsonl", rows)
+    return root
+
+
+def test_dev_agreement_scores_each_instruction_against_the_text_answers(tiny, tmp_path):
+    from speech_llama.evaluation import EvalItem, run_predictions
+
+    model, processor = tiny
+    split = dev_split(tmp_path / "dev", TEXTS[:3])
+    saved = processor.speech_instruction
+    agreement = dev_answer_agreement(model, processor, split, {"plain": "", "asked": "Answer it."}, batch_size=2,
+                                     max_new_tokens=4, progress=False)
+    assert processor.speech_instruction == saved  # the processor is left as it was
+    from speech_llama.audio import read_audio
+
+    items = [EvalItem(text, [], read_audio(str(split / "audio" / f"{i}.wav"), where="test"))
+             for i, text in enumerate(TEXTS[:3])]
+    text_answers, _ = run_predictions(model, processor, items, "t2t", 2, 4, progress=False)
+    processor.speech_instruction = "Answer it."
+    try:
+        spoken, _ = run_predictions(model, processor, items, "s2t", 2, 4, progress=False)
+    finally:
+        processor.speech_instruction = saved
+    expected = sum(map(answer_token_f1, spoken, text_answers)) / 3
+    assert set(agreement) == {"plain", "asked"} and agreement["asked"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_dev_agreement_names_a_row_without_audio(tiny, tmp_path):
+    model, processor = tiny
+    (tmp_path / "dev").mkdir()
+    write_jsonl(tmp_path / "dev" / "data.jsonl", [{"question": "Who?", "features": "features/0.npy"}])
+    with pytest.raises(ValueError, match=r"data.jsonl, line 1, column 'audio'"):
+        dev_answer_agreement(model, processor, tmp_path / "dev", {"plain": ""}, progress=False)

@@ -1,6 +1,6 @@
 """The `offline-mini-aligned` preset: offline-mini whose adaptor understands speech, built once and cached.
 
-Stages, each cached under ``$SPEECH_LLAMA_CACHE/offline-mini-aligned-v4`` and resumable after
+Stages, each cached under ``$SPEECH_LLAMA_CACHE/offline-mini-aligned-v5`` and resumable after
 kill -9: the speech corpus (`speech-llama corpus`), CTC alignment of the adaptor on its cached
 encoder states (`trainers.speech_alignment`), DiVA-style distillation from the same LLM reading the
 transcripts (`trainers.speech_distillation`), the exported model folder. LLM and encoder stay frozen
@@ -21,13 +21,15 @@ from speech_llama.presets import ALIGNED_BASE_PRESET
 from trainers.speech_alignment import AlignmentSettings, ctc_word_error_rate, load_split, train_alignment
 from trainers.speech_distillation import DistillationSettings, distill, teacher_responses
 
-ALIGNED_NAME = "offline-mini-aligned-v4"
+ALIGNED_NAME = "offline-mini-aligned-v5"
 # v2: the blank has its own learned direction (v1 scored it against `<speech>`'s row and never
 # emitted it), each CTC segment reaches the LLM once, and blank frames read as a space.
 # v3: aligned on corpus-v2 (word lists: every frequency-list word heard in 8 lists), and the silent
 # frames (blank or repeat) are masked out of the LLM's attention instead of read as spaces.
 # v4: the Whisper base encoder (corpus-v2-base), 1 500 steps: chosen on dev CTC WER (0.271 against
 # v3's 0.302 at 3 000 steps); base's steps cost about twice tiny's, so 1 500 keeps the 60-min line.
+# v5: v4's adaptor; S2T prompts carry the clip alone (no LLaMA-Omni instruction after it): chosen on
+# the dev criterion (`dev_answer_agreement`, 200 dev clips: token F1 0.271 with the instruction, 0.341 without).
 ALIGNED_ADAPTOR = {"adaptor_output": "embedding_mixture", "adaptor_learned_blank": True, "adaptor_collapse_repeats": True,
                    "adaptor_mask_silent_frames": True}
 
@@ -40,6 +42,8 @@ class AlignedRecipe:
     distillation_clips: int = 1000  # training clips whose transcripts the teacher answers
     # The frozen encoder's preset: "offline-mini" (Whisper tiny.en) or "offline-mini-base" (Whisper base).
     base_preset: str = ALIGNED_BASE_PRESET
+    # The text after the clip in S2T prompts (saved as `processor.speech_instruction`); "" = the clip alone.
+    speech_instruction: str = ""
 
 
 def aligned_cache_dir() -> Path:
@@ -80,6 +84,7 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
     if not (corpus_dir / "corpus.json").is_file():
         build_corpus(corpus_dir, base, progress=progress)
     processor = load_processor(base)
+    processor.speech_instruction = recipe.speech_instruction
     model = SpeechLlamaForCausalLM.from_pretrained(base, **ALIGNED_ADAPTOR).eval()
     read_blanks_as_space(model, processor.tokenizer)
     tokenizer = processor.tokenizer
@@ -117,10 +122,65 @@ def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
     if distillation:
         notes.append(f"Then {distillation['steps']} steps of DiVA-style distillation (KL to the LLM reading the transcript, "
                      f"+ {distillation['ctc_weight']} × CTC) on {recipe.get('distillation_clips')} training clips.")
+    instruction = recipe.get("speech_instruction", processor.speech_instruction)
+    notes.append(f"S2T prompts: the clip followed by {instruction!r}." if instruction else
+                 "S2T prompts: the clip alone, no instruction after it (`processor.speech_instruction` is empty).")
     notes.append(f"Dev best-path CTC WER: {summary.get('dev_ctc_wer')}; held-out speaker: {summary.get('heldout_ctc_wer')}")
     info = offline_build_info(recipe.get("base_preset", "offline-mini"), "offline-mini-aligned", notes)
     model.requires_grad_(False)
     return save_model_folder(model, processor, out_dir, info)
+
+
+def answer_token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1 of two answers under the project's normalisation (1.0 when both are empty)."""
+    from collections import Counter
+
+    from speech_llama.text import normalized
+
+    predicted, wanted = normalized(prediction).split(), normalized(reference).split()
+    if not predicted or not wanted:
+        return float(predicted == wanted)
+    common = sum((Counter(predicted) & Counter(wanted)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(wanted)
+    return 2 * precision * recall / (precision + recall)
+
+
+def dev_answer_agreement(model, processor, split_dir: Path, instructions: dict[str, str], batch_size: int = 16,
+                         max_new_tokens: int = 64, progress: bool = True) -> dict[str, float]:
+    """The dev criterion for S2T prompt settings: mean token F1 of the S2T answers to the dev clips
+    against the same LLM's T2T answers to their transcripts, once per named speech instruction.
+
+    Dev clips are read by training voices and carry no answers, so a setting is chosen without the
+    held-out speaker's questions; the LLM's own text answer is what a perfect speech path would give.
+    """
+    from speech_llama.audio import read_audio
+    from speech_llama.evaluation import EvalItem, run_predictions
+    from speech_llama.files import read_jsonl_numbered
+
+    data = Path(split_dir) / "data.jsonl"
+    items = []
+    for line, row in read_jsonl_numbered(data):
+        where = f"{data}, line {line}, column 'audio'"
+        if not row.get("audio"):
+            raise ValueError(f"{where}: the dev criterion needs each clip's audio")
+        clip = read_audio(str(data.parent / row["audio"]), where=where)
+        processor.check_audio(clip, where)
+        items.append(EvalItem(row["question"], [], clip))
+    text_answers, _ = run_predictions(model, processor, items, "t2t", batch_size, max_new_tokens, progress=progress,
+                                      description="dev t2t")
+    saved = processor.speech_instruction
+    agreement = {}
+    try:
+        for name, instruction in instructions.items():
+            processor.speech_instruction = instruction
+            spoken, _ = run_predictions(model, processor, items, "s2t", batch_size, max_new_tokens, progress=progress,
+                                        description=f"dev s2t ({name})")
+            agreement[name] = round(sum(map(answer_token_f1, spoken, text_answers)) / len(items), 4)
+    finally:
+        processor.speech_instruction = saved
+    return agreement
 
 
 def offline_mini_aligned(out_dir: Path) -> Path:
@@ -134,5 +194,6 @@ def offline_mini_aligned(out_dir: Path) -> Path:
                             replace=True)
 
 
-__all__ = ["ALIGNED_ADAPTOR", "ALIGNED_NAME", "AlignedRecipe", "aligned_cache_dir", "build_aligned_offline_mini",
+__all__ = ["ALIGNED_ADAPTOR", "ALIGNED_NAME", "AlignedRecipe", "aligned_cache_dir", "answer_token_f1",
+           "build_aligned_offline_mini", "dev_answer_agreement",
            "export_aligned", "offline_mini_aligned", "read_blanks_as_space"]
