@@ -157,8 +157,8 @@ def evaluate_model(
     processor = load_processor(model_dir, trust_remote_code)
     if speech_instruction is not None:
         processor.speech_instruction = speech_instruction
-    transcriber = (WhisperTranscriber(asr_model or default_asr_model(), bool(trust_remote_code))
-                   if task == "cascade" else None)
+    asr_model = (asr_model or default_asr_model()) if task == "cascade" else None
+    transcriber = WhisperTranscriber(asr_model, bool(trust_remote_code)) if asr_model is not None else None
     checks = [processor.check_audio] + ([transcriber.check] if transcriber is not None else [])
     items = eval_items(records, task, locate, checks)
     model, processor = load_model(model_dir, dtype=dtype, processor=processor)
@@ -185,6 +185,7 @@ def evaluate_model(
         "max_new_tokens": max_new_tokens,
         "dtype": dtype,
         **({"speech_instruction": processor.speech_instruction} if task == "s2t" else {}),
+        **({"asr": str(asr_model)} if task == "cascade" else {}),
     }
     rows = []
     for item, prediction, transcript, hit in zip(items, predictions, transcripts, scored["hits"]):

@@ -80,6 +80,7 @@ def test_cascade_records_transcripts(tiny_model_dir, spoken_qa, tiny_whisper_dir
     metrics = evaluate_model(tiny_model_dir, str(spoken_qa), "cascade", tmp_path, batch_size=2, max_new_tokens=3,
                              asr_model=tiny_whisper_dir, progress=False)
     assert metrics["task"] == "cascade"
+    assert metrics["asr"] == str(tiny_whisper_dir)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert all(isinstance(r["transcript"], str) for r in rows)
 
