@@ -58,11 +58,15 @@ def _non_spinning_session(model_path: Path):
     """An ONNX Runtime session whose idle worker threads sleep instead of spin-waiting.
 
     Piper's default session spins between runs; on a small shared CPU that steals time from
-    whatever runs next (Whisper, the LLM, another job), and measured no faster here.
+    whatever runs next (Whisper, the LLM, another job), and measured no faster here. It also uses
+    as many threads as the process gives torch (one in each corpus worker, where ONNX Runtime's
+    default of every core put two workers' threads on top of each other).
     """
     import onnxruntime
+    import torch
 
     options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(

@@ -1,6 +1,6 @@
 """The `offline-mini-aligned` preset: offline-mini whose adaptor understands speech, built once and cached.
 
-Stages, each cached under ``$SPEECH_LLAMA_CACHE/offline-mini-aligned-v5`` and resumable after
+Stages, each cached under ``$SPEECH_LLAMA_CACHE/offline-mini-aligned-v6`` and resumable after
 kill -9: the speech corpus (`speech-llama corpus`), CTC alignment of the adaptor on its cached
 encoder states (`trainers.speech_alignment`), DiVA-style distillation from the same LLM reading the
 transcripts (`trainers.speech_distillation`), the exported model folder. LLM and encoder stay frozen
@@ -21,7 +21,7 @@ from speech_llama.presets import ALIGNED_BASE_PRESET
 from trainers.speech_alignment import AlignmentSettings, ctc_word_error_rate, load_split, train_alignment
 from trainers.speech_distillation import DistillationSettings, distill, teacher_responses
 
-ALIGNED_NAME = "offline-mini-aligned-v5"
+ALIGNED_NAME = "offline-mini-aligned-v6"
 # v2: the blank has its own learned direction (v1 scored it against `<speech>`'s row and never
 # emitted it), each CTC segment reaches the LLM once, and blank frames read as a space.
 # v3: aligned on corpus-v2 (word lists: every frequency-list word heard in 8 lists), and the silent
@@ -30,6 +30,7 @@ ALIGNED_NAME = "offline-mini-aligned-v5"
 # v3's 0.302 at 3 000 steps); base's steps cost about twice tiny's, so 1 500 keeps the 60-min line.
 # v5: v4's adaptor; S2T prompts carry the clip alone (no LLaMA-Omni instruction after it): chosen on
 # the dev criterion (`dev_answer_agreement`, 200 dev clips: token F1 0.271 with the instruction, 0.341 without).
+# v6: v5's recipe aligned on corpus-v3 (built in less time: new LLM-written texts, bf16 encoder states).
 ALIGNED_ADAPTOR = {"adaptor_output": "embedding_mixture", "adaptor_learned_blank": True, "adaptor_collapse_repeats": True,
                    "adaptor_mask_silent_frames": True}
 

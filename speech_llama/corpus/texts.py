@@ -15,6 +15,7 @@ same frequency list is also read as word lists: every word in `hearings` differe
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -48,6 +49,7 @@ SENTENCE_TEMPLATE = 'Write one simple sentence using the word "{word}". Reply wi
 META_WORDS = re.compile(r"\b(question|sentence|curious person|reply|here is|here's|word)\b", re.IGNORECASE)
 PLAIN_TEXT = re.compile(r"^[A-Za-z][A-Za-z ,'\-]*[A-Za-z][.?!]?$")
 MIN_WORDS, MAX_WORDS = 4, 20
+MAX_NEW_TOKENS = 40
 
 
 def clean_generated(text: str) -> str | None:
@@ -174,17 +176,100 @@ def _chunk_matches(path: Path, prompts: list[str]) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("prompts") == prompts
 
 
-def _sample_replies(model, tokenizer, prompts: list[str], seed: int) -> list[str]:
+def _sample_replies(model, tokenizer, prompts: list[str], seed: int, *, max_new_tokens: int = MAX_NEW_TOKENS,
+                    temperature: float = 0.9, top_p: float = 0.95) -> list[str]:
+    """Each prompt's sampled reply (nucleus sampling), up to its first line end or end of turn.
+
+    Two savings over `generate`, which together halve a batch's time on this CPU: the prompts'
+    shared opening (the chat template's system turn and the prompt template, ≈ 35 of ≈ 45
+    tokens) is run once, not once per row; and a row leaves the batch (and its KV cache) as soon
+    as it ends, where `generate` runs every row to the longest (replies end after ≈ 20 of the 40
+    tokens; the cleaning keeps only a reply's first line). Row `i` draws from its own generator
+    (seeded `seed`, `i`).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    encoded = tokenizer([tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                       add_generation_prompt=True) for prompt in prompts])["input_ids"]
+    shared = _shared_length(encoded)
+    width = max(len(ids) for ids in encoded) - shared
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # The rows' own tokens, left-padded after the shared opening: positions come from the mask.
+    own = torch.tensor([[pad] * (width - len(ids) + shared) + ids[shared:] for ids in encoded])
+    mask = torch.tensor([[1] * shared + [0] * (width - len(ids) + shared) + [1] * (len(ids) - shared) for ids in encoded])
+    generators = [torch.Generator().manual_seed(seed * 1_000 + row) for row in range(len(prompts))]
+    ends = _ending_token_ids(tokenizer)
+    replies: list[list[int]] = [[] for _ in prompts]
+    rows = list(range(len(prompts)))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([encoded[0][:shared]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(len(prompts))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        logits = model(input_ids=own, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        for step in range(max_new_tokens):
+            tokens = _nucleus_samples(logits, temperature, top_p, [generators[row] for row in rows])
+            for row, token in zip(rows, tokens):
+                replies[row].append(token)
+            going = [place for place, token in enumerate(tokens) if token not in ends]
+            if not going or step == max_new_tokens - 1:
+                break
+            keep = torch.tensor(going)
+            cache.batch_select_indices(keep)
+            rows = [rows[place] for place in going]
+            mask = torch.cat([mask[keep], torch.ones(len(going), 1, dtype=mask.dtype)], dim=1)
+            logits = model(input_ids=torch.tensor([[tokens[place]] for place in going]), attention_mask=mask,
+                           position_ids=mask.sum(-1, keepdim=True) - 1, past_key_values=cache, use_cache=True,
+                           logits_to_keep=1).logits[:, -1]
+    return tokenizer.batch_decode(replies, skip_special_tokens=True)
+
+
+def _shared_length(encoded: list[list[int]]) -> int:
+    """Length of the token prefix every row shares, leaving each row at least one token of its own."""
+    shortest = min(len(ids) for ids in encoded)
+    shared = 0
+    while shared < shortest - 1 and all(ids[shared] == encoded[0][shared] for ids in encoded):
+        shared += 1
+    return shared
+
+
+@functools.lru_cache(maxsize=4)
+def _ending_token_ids(tokenizer) -> frozenset[int]:
+    """Tokens after which a reply is over: end of turn / text, and any token holding a line break."""
+    ends = {token for token in (tokenizer.eos_token_id, tokenizer.pad_token_id) if token is not None}
+    ends |= {index for token, index in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([token])}
+    return frozenset(ends)
+
+
+def _nucleus_samples(logits, temperature: float, top_p: float, generators: list, candidates: int = 512) -> list[int]:
+    """One token per row of (rows, vocab) logits: temperature, then the smallest set of tokens
+    whose probability reaches `top_p` (the likeliest always kept), each row with its own generator.
+
+    The nucleus is looked for among each row's `candidates` likeliest tokens (a partial sort;
+    sorting the whole 49k vocabulary was a third of a batch's time) and only a row whose
+    candidates hold less than `top_p` is sorted whole, so the result is exact either way.
+    """
     import torch
 
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                           add_generation_prompt=True) for prompt in prompts]
-    inputs = tokenizer(texts, return_tensors="pt", padding=True)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        output = model.generate(**inputs, do_sample=True, temperature=0.9, top_p=0.95, max_new_tokens=40,
-                                pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+    ordered, order = probabilities.topk(min(candidates, probabilities.shape[1]), dim=-1)
+    rows = [(ordered[row], order[row]) for row in range(len(generators))]
+    for row in (ordered.sum(dim=-1) < top_p).nonzero()[:, 0].tolist():
+        rows[row] = probabilities[row].sort(descending=True)
+    return [_nucleus_sample(row_ordered, row_order, top_p, generator)
+            for (row_ordered, row_order), generator in zip(rows, generators)]
+
+
+def _nucleus_sample(ordered, order, top_p: float, generator) -> int:
+    """A draw from probabilities `ordered` (descending, tokens `order`), cut to the `top_p` nucleus."""
+    import torch
+
+    cumulative = ordered.cumsum(dim=0)
+    nucleus = int((cumulative - ordered < top_p).sum())
+    draw = float(torch.rand(1, generator=generator)) * float(cumulative[nucleus - 1])
+    return int(order[min(int((cumulative[:nucleus] < draw).sum()), nucleus - 1)])
 
 
 def distinct_texts(sources: Iterable[tuple[str, str]], held_out: Iterable[str]) -> list[tuple[str, str]]:
