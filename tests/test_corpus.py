@@ -272,6 +272,81 @@ def test_generate_replies_resumes_from_its_chunk_cache(tmp_path, monkeypatch):
     assert generate_replies(prompts, tmp_path, batch_size=2, seed=3, progress=False, workers=1) == out
 
 
+def test_sample_replies_matches_greedy_generate_row_by_row(tiny, monkeypatch):
+    """The writer's loop (shared opening run once, mid-row padding, rows leaving the batch) computes
+    what `generate` does for each prompt alone: with a nucleus of one token it is greedy decoding,
+    cut at the first ending token."""
+    import torch
+
+    language_model, tokenizer = tiny[0].language_model, tiny[1].tokenizer
+    prompts = ["Name a red fruit.", "Write one short question about the moon and the stars at night.", "Hi."]
+    greedy = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        inputs = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            output = language_model.generate(**inputs, do_sample=False, max_new_tokens=12)
+        greedy.append(output[0, inputs["input_ids"].shape[1]:].tolist())
+    # The random model rarely says a real ending token: make its third token for the first prompt one,
+    # so rows leave the batch at different steps.
+    ends = frozenset({greedy[0][2]})
+    monkeypatch.setattr(corpus_texts_module, "_ending_token_ids", lambda tokenizer: ends)
+    replies = corpus_texts_module._sample_replies(language_model, tokenizer, prompts, seed=0, max_new_tokens=12,
+                                                  top_p=1e-9)
+    cuts = [next((place + 1 for place, token in enumerate(tokens) if token in ends), len(tokens)) for tokens in greedy]
+    assert cuts[0] <= 3 and max(cuts) == 12
+    assert replies == [tokenizer.decode(tokens[:cut], skip_special_tokens=True) for tokens, cut in zip(greedy, cuts)]
+
+
+def test_sample_replies_are_seeded_and_stop_at_a_line_break(tiny):
+    language_model, tokenizer = tiny[0].language_model, tiny[1].tokenizer
+    prompts = [f"Write one simple sentence using the word {word}." for word in ("river", "window", "tiger", "lamp")]
+    first = corpus_texts_module._sample_replies(language_model, tokenizer, prompts, seed=5, max_new_tokens=16)
+    assert corpus_texts_module._sample_replies(language_model, tokenizer, prompts, seed=5, max_new_tokens=16) == first
+    assert corpus_texts_module._sample_replies(language_model, tokenizer, prompts, seed=6, max_new_tokens=16) != first
+    assert all("\n" not in reply.rstrip("\n") for reply in first)  # a line break can only end a reply
+
+
+def test_nucleus_samples_draw_only_from_the_nucleus_with_or_without_the_full_sort():
+    import torch
+
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    for candidates in (4, 1):  # 1: the likeliest token holds < top_p, so the row is sorted whole
+        generators = [torch.Generator().manual_seed(seed) for seed in range(400)]
+        draws = corpus_texts_module._nucleus_samples(logits.expand(400, 4), 1.0, 0.7, generators, candidates=candidates)
+        assert set(draws) == {0, 1}  # 0.5 + 0.3 reaches 0.7; tokens 2 and 3 are outside
+        assert 0.5 < draws.count(0) / 400 < 0.75  # 0.5 / 0.8 = 0.625 within the nucleus
+    generators = [torch.Generator().manual_seed(seed) for seed in range(3)]
+    again = [torch.Generator().manual_seed(seed) for seed in range(3)]
+    flat = torch.zeros(3, 50)
+    assert (corpus_texts_module._nucleus_samples(flat, 0.9, 0.95, generators, candidates=8)
+            == corpus_texts_module._nucleus_samples(flat, 0.9, 0.95, again, candidates=8))
+
+
+def test_shared_length_leaves_every_row_a_token_of_its_own():
+    assert corpus_texts_module._shared_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert corpus_texts_module._shared_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert corpus_texts_module._shared_length([[7], [7, 8]]) == 0
+
+
+def test_corpus_encoder_runs_in_the_fast_precision_and_stays_close_to_float32(tiny_model_dir, monkeypatch):
+    import torch
+
+    from speech_llama.corpus.encoder import FrozenSpeechEncoder
+
+    monkeypatch.setattr("speech_llama.precision.cpu_runs_bfloat16", lambda: True)
+    assert corpus_clips.encoder_dtype_name() == "bfloat16"
+    monkeypatch.setattr("speech_llama.precision.cpu_runs_bfloat16", lambda: False)
+    assert corpus_clips.encoder_dtype_name() == "float32"
+    clip = sine(1.0)
+    fast, exact = FrozenSpeechEncoder(tiny_model_dir, dtype="bfloat16"), FrozenSpeechEncoder(tiny_model_dir)
+    assert fast.dtype == torch.bfloat16 and exact.dtype == torch.float32
+    low, high = fast.states(clip, where="test"), exact.states(clip, where="test")
+    assert low.dtype == high.dtype == np.float16 and low.shape == high.shape
+    cosine = (low.astype(np.float32) * high).sum(-1) / np.linalg.norm(low.astype(np.float32), axis=-1) / np.linalg.norm(high.astype(np.float32), axis=-1)
+    assert cosine.min() > 0.99
+
+
 # --- clip plans -----------------------------------------------------------------------------------
 
 
@@ -367,7 +442,7 @@ def test_make_clips_writes_wav_and_states_and_redoes_only_missing_clips(tiny_mod
     monkeypatch.setattr(corpus_clips, "speak_many", lambda voice, texts: spoken.append(list(texts)) or real_speak_many(voice, texts))
     split = tmp_path / "train"
     make_clips(split, plan, tiny_model_dir, workers=1, progress=False)
-    encoder = FrozenSpeechEncoder(tiny_model_dir)
+    encoder = FrozenSpeechEncoder(tiny_model_dir, dtype=corpus_clips.encoder_dtype_name())
     for clip in plan:
         assert is_done(split, clip)
         samples = read_wav(split / clip.audio)
