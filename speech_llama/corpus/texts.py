@@ -180,12 +180,12 @@ def _sample_replies(model, tokenizer, prompts: list[str], seed: int, *, max_new_
                     temperature: float = 0.9, top_p: float = 0.95) -> list[str]:
     """Each prompt's sampled reply (nucleus sampling), up to its first line end or end of turn.
 
-    Two savings over `generate`, which together halve a batch's time on this CPU: the prompts'
-    shared opening (the chat template's system turn and the prompt template, ≈ 35 of ≈ 45
-    tokens) is run once, not once per row; and a row leaves the batch (and its KV cache) as soon
-    as it ends, where `generate` runs every row to the longest (replies end after ≈ 20 of the 40
-    tokens; the cleaning keeps only a reply's first line). Row `i` draws from its own generator
-    (seeded `seed`, `i`).
+    Three savings over `generate` (64 prompts on one thread here: 12.8 s → 5.6 s): the prompts'
+    shared opening (the chat template's system turn and the prompt template, ≈ 32 of ≈ 48
+    tokens) is run once, not once per row; a row leaves the batch (and its KV cache) as soon as
+    it ends, where `generate` runs every row to the longest (replies end after ≈ 20 of the 40
+    tokens; the cleaning keeps only a reply's first line); and the nucleus comes from a partial
+    sort (`_nucleus_samples`). Row `i` draws from its own generator, seeded `seed * 1000 + i`.
     """
     import torch
     from transformers import DynamicCache
