@@ -29,6 +29,7 @@ from speech_llama.corpus.clips import (
 from speech_llama.corpus.coverage import coverage
 from speech_llama.corpus.texts import (
     MAX_WORDS,
+    QUESTION_OPENERS,
     QUESTION_TEMPLATE,
     SENTENCE_TEMPLATE,
     TOPICS,
@@ -212,13 +213,15 @@ def test_distinct_texts_drop_duplicates_and_held_out_questions_in_order():
     assert kept == [("prompts", "Where do penguins live?"), ("llm", "Bees make honey.")]
 
 
-def test_llm_prompts_are_seeded_and_cycle_the_topics():
-    count = len(TOPICS) + 5
+def test_llm_prompts_are_seeded_and_cycle_the_topics_through_the_openers():
+    count = len(TOPICS) * len(QUESTION_OPENERS) + 5
     prompts = llm_prompts(count, 4, seed=1)
     assert prompts == llm_prompts(count, 4, seed=1) and prompts != llm_prompts(count, 4, seed=2)
     assert len(prompts) == count + 4
     questions, sentences = prompts[:count], prompts[count:]
-    assert {QUESTION_TEMPLATE.format(topic=topic) for topic in TOPICS} == set(questions)
+    every_pair = {QUESTION_TEMPLATE.format(topic=topic, opener=opener) for topic in TOPICS for opener in QUESTION_OPENERS}
+    assert every_pair == set(questions)
+    assert len([q for q in questions if f'"{QUESTION_OPENERS[0]}"' in q]) == len(TOPICS) + 5
     assert sentences == [SENTENCE_TEMPLATE.format(word=word) for word in frequent_words(4)]
 
 

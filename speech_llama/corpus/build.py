@@ -32,9 +32,11 @@ HELD_OUT_QA = (DATA_DIR / "general_knowledge_qa.jsonl", DATA_DIR / "demo_qa.json
 DEFAULT_CLIPS = 10_000
 DEV_TEXTS = 200
 LIST_WORDS, LIST_HEARINGS, LIST_LENGTH = 6000, 8, 8
+LLM_QUESTIONS, LLM_SENTENCES = 9000, 6000
 # v3: the LLM writer samples with its own loop (2.3x faster a batch; new texts), the encoder runs in bf16
 # where the CPU has it (encoder_dtype_name), Piper on the worker's one thread.
-CORPUS_NAME = "corpus-v3"
+# v4: 9 000 LLM-written questions (3 000 before), each asked to start with one of eight openers.
+CORPUS_NAME = "corpus-v4"
 
 
 def default_corpus_dir(base_preset: str = "offline-mini") -> Path:
@@ -54,8 +56,8 @@ def held_out_records() -> list[dict]:
     return records
 
 
-def build_corpus(out_dir: Path, model_dir: Path, *, clips: int = DEFAULT_CLIPS, llm_questions: int = 3000,
-                 llm_sentences: int = 6000, list_words: int = LIST_WORDS, workers: int = 2, seed: int = 0,
+def build_corpus(out_dir: Path, model_dir: Path, *, clips: int = DEFAULT_CLIPS, llm_questions: int = LLM_QUESTIONS,
+                 llm_sentences: int = LLM_SENTENCES, list_words: int = LIST_WORDS, workers: int = 2, seed: int = 0,
                  progress: bool = True) -> dict:
     """Build (or finish) the corpus in `out_dir`; returns the manifest written to corpus.json.
 
@@ -132,8 +134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the one offline-mini-aligned is aligned on")
     parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
                         help=f"training clips of sentences (default {DEFAULT_CLIPS}); the word lists come on top")
-    parser.add_argument("--llm-questions", type=int, default=3000, help="questions the base LLM writes over topics")
-    parser.add_argument("--llm-sentences", type=int, default=6000, help="sentences the LLM writes, one per frequent word")
+    parser.add_argument("--llm-questions", type=int, default=LLM_QUESTIONS,
+                        help=f"questions the base LLM writes over topics and question openers (default {LLM_QUESTIONS})")
+    parser.add_argument("--llm-sentences", type=int, default=LLM_SENTENCES,
+                        help=f"sentences the LLM writes, one per frequent word (default {LLM_SENTENCES})")
     parser.add_argument("--list-words", type=int, default=LIST_WORDS,
                         help=f"frequency-list words read in word lists, each in {LIST_HEARINGS} lists "
                              f"(default {LIST_WORDS}; 0: no lists)")

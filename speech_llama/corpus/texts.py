@@ -44,7 +44,11 @@ TOPICS = (
     "dinosaurs", "oceans and tides", "earthquakes", "maps", "the United States", "Canada", "Australia", "India",
     "China", "Japan", "France", "Germany", "Italy", "Spain", "Russia", "Brazil", "Mexico", "Egypt",
 )
-QUESTION_TEMPLATE = "Write one short question that a curious person might ask about {topic}. Reply with the question only."
+# The opener varies the question's form (who / where / how many …): asked for a topic alone, the base
+# LLM writes mostly "What is …" questions, and the corpus repeats itself.
+QUESTION_OPENERS = ("What", "Who", "Where", "When", "Which", "How many", "How", "Why")
+QUESTION_TEMPLATE = ('Write one short question starting with "{opener}" that a curious person might ask about {topic}. '
+                     "Reply with the question only.")
 SENTENCE_TEMPLATE = 'Write one simple sentence using the word "{word}". Reply with the sentence only.'
 META_WORDS = re.compile(r"\b(question|sentence|curious person|reply|here is|here's|word)\b", re.IGNORECASE)
 PLAIN_TEXT = re.compile(r"^[A-Za-z][A-Za-z ,'\-]*[A-Za-z][.?!]?$")
@@ -108,11 +112,13 @@ def _text_casing(word: str, tokenizer) -> str:
 
 
 def llm_prompts(num_questions: int, num_sentences: int, seed: int) -> list[str]:
-    """The user turns the LLM answers: topic questions (topics cycled) then one per frequent word."""
+    """The user turns the LLM answers: topic questions (topics cycled, each topic through the
+    openers in turn) then one per frequent word."""
     rng = random.Random(seed)
-    topics = [TOPICS[index % len(TOPICS)] for index in range(num_questions)]
-    rng.shuffle(topics)
-    return [QUESTION_TEMPLATE.format(topic=topic) for topic in topics] + [
+    pairs = [(TOPICS[index % len(TOPICS)], QUESTION_OPENERS[index // len(TOPICS) % len(QUESTION_OPENERS)])
+             for index in range(num_questions)]
+    rng.shuffle(pairs)
+    return [QUESTION_TEMPLATE.format(topic=topic, opener=opener) for topic, opener in pairs] + [
         SENTENCE_TEMPLATE.format(word=word) for word in frequent_words(num_sentences)
     ]
 
