@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	@# The Space's browser test drives Debian's Chromium (Playwright must not download a browser).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "install Chromium (Debian: apt-get install chromium) for tests/test_space.py"
-	@# The speech corpus's offline voices and SoX (speech_llama/corpus/voices.py).
+	@# The speech corpus's offline voices and SoX (speech_llama/tts.py).
 	command -v flite >/dev/null && command -v text2wave >/dev/null && command -v espeak-ng >/dev/null \
 		&& command -v sox >/dev/null && test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
 		|| (apt-get update -qq && apt-get install -y -qq $(TTS_PACKAGES)) \

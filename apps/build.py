@@ -7,10 +7,10 @@ from pathlib import Path
 
 from speech_llama.build import DTYPES, build_from_pretrained
 from speech_llama.presets import PRESETS as WEIGHT_PRESETS
-from trainers.aligned_preset import offline_mini_aligned
+from alignment.preset import offline_mini_aligned
 
 # Presets assembled from shipped weights (speech_llama.presets), plus the one that also trains:
-# offline-mini with its adaptor aligned on the cached speech corpus (trainers.aligned_preset).
+# offline-mini with its adaptor aligned on the cached speech corpus (alignment.preset).
 PRESETS = {**WEIGHT_PRESETS, "offline-mini-aligned": offline_mini_aligned}
 # Options of --llm/--encoder builds only; a preset fixes its own adaptor and dtype (and refuses them).
 DEFAULTS = {"downsample": 5, "adaptor_hidden": 2048, "dtype": "float32"}

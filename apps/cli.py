@@ -11,15 +11,15 @@ from speech_llama import commands
 # command → (module, help). Each module offers add_arguments(parser) and run(args).
 COMMANDS = {
     "build": ("apps.build", "assemble a SpeechLlama model folder (presets or Hub ids / local dirs)"),
-    "synthesize": ("speech_llama.synthesize", "speak QA / instruction records with Piper TTS (16 kHz wavs + data.jsonl)"),
-    "corpus": ("speech_llama.corpus.build", "the speech corpus for alignment: many offline voices, cached encoder states (resumable)"),
-    "generate": ("speech_llama.generate", "answer a typed question or a wav file with a model folder"),
+    "synthesize": ("apps.synthesize", "speak QA / instruction records with offline voices (Piper, Festival, Flite, eSpeak NG) (16 kHz wavs + data.jsonl)"),
+    "corpus": ("apps.corpus", "the speech corpus for alignment: many offline voices, cached encoder states (resumable)"),
+    "generate": ("apps.generate", "answer a typed question or a wav file with a model folder"),
     **ENGINE_COMMANDS,  # importance, deactivate, compare
     "train": ("apps.train", "Stage-1 training in this process (the arguments of `accelerate launch trainers/run.py`)"),
     "demo": ("apps.demo", "serve the Gradio Space (importance explorer + try-it) on localhost"),
     "reproduce": ("apps.reproduce", "the seed paper's experiments in miniature, end to end (results.json + report.md)"),
-    "eval": ("speech_llama.evaluation", "spoken-QA accuracy: T2T, S2T, the Whisper-ASR cascade, or read-back WER (batched, greedy)"),
-    "eval-diff": ("speech_llama.eval_diff", "two eval runs on the same questions: accuracies and their paired difference, 95 % bootstrap"),
+    "eval": ("apps.evaluation", "spoken-QA accuracy: T2T, S2T, the Whisper-ASR cascade, or read-back WER (batched, greedy)"),
+    "eval-diff": ("apps.eval_diff", "two eval runs on the same questions: accuracies and their paired difference, 95 % bootstrap"),
 }
 PROG = "speech-llama"
 

@@ -26,7 +26,7 @@ from speech_llama.precision import cpu_runs_bfloat16
 from speech_llama.presets import offline_mini_dir
 from speech_llama.records import load_records
 from speech_llama.synthesize import synthesize_records
-from trainers.aligned_preset import aligned_cache_dir
+from alignment.preset import aligned_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ROOT / "data" / "demo_qa.jsonl"

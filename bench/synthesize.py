@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speech_llama.synthesize import synthesize_records, synthesize_text, tts_voice  # noqa: E402
+from speech_llama.synthesize import synthesize_records, synthesize_text  # noqa: E402
+from speech_llama.tts import tts_voice  # noqa: E402
 
 TARGET_QUESTIONS_PER_S = 5.0
 

@@ -298,16 +298,26 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         input_features: torch.Tensor | None,
         input_features_mask: torch.Tensor | None,
+        speech_embeds: torch.Tensor | None = None,
+        speech_silent_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """Token embeddings (B, L, d_llm) with speech frames scattered into the placeholder positions.
 
+        The frames come from `input_features` (encoder + adaptor run here) or, already computed,
+        from `speech_embeds` (ΣN, d_llm) with `speech_silent_frames` (ΣN,) bool or None, e.g. the
+        adaptor applied to cached encoder states.
         Returns (inputs_embeds, speech_embeds or None, placeholder_mask (B, L), silent_mask (B, L) or None):
         `silent_mask` marks the placeholders whose frame is silent when `adaptor_mask_silent_frames` is set.
         """
         inputs_embeds = self.get_input_embeddings()(input_ids)
-        speech_embeds = silent = None
+        silent = speech_silent_frames
         if input_features is not None:
+            if speech_embeds is not None:
+                raise ValueError("pass input_features or speech_embeds, not both")
             speech_embeds, silent = self.get_speech_frames(input_features, input_features_mask)
+        elif silent is not None and (speech_embeds is None or silent.shape != speech_embeds.shape[:1]):
+            raise ValueError(f"speech_silent_frames must be (ΣN,) = {tuple(speech_embeds.shape[:1]) if speech_embeds is not None else '(0,)'}"
+                             f" like speech_embeds' first dimension, got shape {tuple(silent.shape)}")
         placeholder_mask = self.get_placeholder_mask(input_ids, speech_embeds)
         silent_mask = None
         if speech_embeds is not None:
@@ -328,6 +338,8 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        speech_embeds: torch.FloatTensor | None = None,
+        speech_silent_frames: torch.BoolTensor | None = None,
         **kwargs,
     ) -> SpeechLlamaCausalLMOutput:
         r"""
@@ -338,20 +350,23 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
             input_features_mask: (B_a, T_mel), 1 on real mel frames.
             attention_mask: (B, L) 1 on real tokens (left padding for generation).
             labels: (B, L) target ids, -100 where no loss is taken; placeholder positions are always ignored.
+            speech_embeds: (ΣN, d_llm) adaptor frames already computed, in placeholder order, in place of
+                `input_features` (e.g. from cached encoder states); `speech_silent_frames` (ΣN,) bool marks
+                the silent ones (`SpeechAdaptor(..., return_silent_frames=True)`).
             Other arguments (cache / past_key_values, …) go to the language model unchanged.
         Returns:
             [`SpeechLlamaCausalLMOutput`] with `logits` (B, L, V): the `<speech>` logit is masked so it
             is never predicted.
         """
-        speech_embeds = placeholder_mask = silent_mask = None
+        placeholder_mask = silent_mask = None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (or inputs_embeds)")
             inputs_embeds, speech_embeds, placeholder_mask, silent_mask = self.merge_speech_embeddings(
-                input_ids, input_features, input_features_mask
+                input_ids, input_features, input_features_mask, speech_embeds, speech_silent_frames
             )
-        elif input_features is not None:
-            raise ValueError("input_features cannot be combined with inputs_embeds: pass input_ids so they can be merged")
+        elif input_features is not None or speech_embeds is not None:
+            raise ValueError("input_features / speech_embeds cannot be combined with inputs_embeds: pass input_ids so they can be merged")
 
         if silent_mask is not None:
             # Silent frames leave the sequence: no attention to them, and positions count only the rest.
@@ -421,8 +436,8 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         """Speech features are consumed on the prefill step only; later steps read the KV cache."""
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and kwargs.get("use_cache", True):
-            model_inputs.pop("input_features", None)
-            model_inputs.pop("input_features_mask", None)
+            for name in ("input_features", "input_features_mask", "speech_embeds", "speech_silent_frames"):
+                model_inputs.pop(name, None)
         return model_inputs
 
 

@@ -75,7 +75,7 @@ def _is_model_folder(path: Path) -> bool:
 
 
 def _aligned_model_cached() -> bool:
-    from trainers.aligned_preset import aligned_cache_dir
+    from alignment.preset import aligned_cache_dir
 
     return _is_model_folder(aligned_cache_dir() / "model")
 
@@ -113,7 +113,7 @@ def ensure_model(plan: ContentPlan, report: ProgressCallback) -> Path:
     if plan.model_dir is not None:
         raise ContentError(f"--model {path}: not a model folder (no config.json + model.safetensors); build one with `speech-llama build`")
     if path.name == ALIGNED_MODEL_NAME:
-        from trainers.aligned_preset import offline_mini_aligned
+        from alignment.preset import offline_mini_aligned
 
         report(f"copying the cached offline-mini-aligned model into {path}", None)
         return offline_mini_aligned(path)

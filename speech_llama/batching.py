@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .generate import qa_inputs
+from .prompts import qa_inputs
 
 
 @dataclass

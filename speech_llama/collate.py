@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, audio_num_samples, read_audio
-from .generate import TRANSCRIPT_INSTRUCTION, qa_training_text
+from .prompts import TRANSCRIPT_INSTRUCTION, qa_training_text
 
 InputKind = Literal["text", "speech"]
 

@@ -1,4 +1,4 @@
-"""`speech-llama eval`: batched greedy spoken-QA evaluation (T2T, S2T, the ASR cascade, read-back).
+"""Batched greedy spoken-QA evaluation (T2T, S2T, the ASR cascade, read-back).
 
 Table 2 protocol: the same records are asked as text (T2T), as audio (S2T), or as audio
 transcribed by a Whisper ASR model and then asked as text (cascade). Scored with the
@@ -8,8 +8,6 @@ scores the word error rate against the record's question text (does the speech p
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -26,9 +24,10 @@ from .batching import continuous_greedy_answers
 from .files import atomic_write_json, write_jsonl
 from .build import DTYPES
 from .collate import sorted_index_batches
-from .generate import TRANSCRIPT_INSTRUCTION, add_dtype_argument, load_model
+from .generate import load_model
+from .prompts import TRANSCRIPT_INSTRUCTION
 from .records import Locator, load_located_records
-from .remote_code import add_trust_argument, load_processor
+from .remote_code import load_processor
 from .statistics import bootstrap_interval
 from .text import normalized
 
@@ -213,29 +212,3 @@ def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "predictions.jsonl", rows)
     atomic_write_json(out_dir / "metrics.json", metrics)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="model folder")
-    parser.add_argument("--data", required=True, help="Hub id (fixie-ai/llama-questions, …), datasets folder or .jsonl")
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--out", required=True, type=Path, help="output folder for predictions.jsonl and metrics.json")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-samples", type=int)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--asr", help="Whisper checkpoint for --task cascade (default: the offline Whisper tiny.en)")
-    parser.add_argument("--speech-instruction",
-                        help="S2T: the text after the clip, replacing the folder's (processor.speech_instruction); '' for none")
-    add_dtype_argument(parser)
-    add_trust_argument(parser)
-
-
-def run(args: argparse.Namespace) -> dict:
-    metrics = evaluate_model(
-        args.model, args.data, args.task, args.out, args.batch_size, args.max_samples, args.max_new_tokens,
-        args.split, args.asr, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
-        speech_instruction=args.speech_instruction,
-    )
-    print(json.dumps(metrics))
-    return metrics

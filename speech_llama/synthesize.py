@@ -13,11 +13,9 @@ only at the end and can always be re-derived by running again.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
-import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,44 +25,13 @@ import numpy as np
 
 from speech_llama.audio import SAMPLE_RATE, read_wav, resample, write_wav
 from speech_llama.files import JsonlError, atomic_write_text, read_jsonl_numbered
-from speech_llama.corpus.voices import VOICES as ENGINE_VOICES
-from speech_llama.corpus.voices import check_engine, speak, speak_many, training_voices, voice_named
-from speech_llama.piper_tts import DEFAULT_VOICE, VOICES, tts_voice
+from speech_llama.tts import DEFAULT_VOICE, check_engine, speak_many, training_voices, voice_named
 
 DATA_FILE_NAME = "data.jsonl"
 AUDIO_DIR_NAME = "audio"
 AUDIO_FIELD = "audio"
 # An input record's own "audio" value is kept under this name rather than overwritten.
 ORIGINAL_AUDIO_FIELD = "original_audio"
-
-# --------------------------------------------------------------------------------------------
-# Speech from text
-# --------------------------------------------------------------------------------------------
-
-
-def piper_int16(text: str, voice: str = DEFAULT_VOICE) -> tuple[np.ndarray, int]:
-    """Raw Piper output for ``text``: (int16 samples of shape (n,), sample rate in Hz).
-
-    Same samples ``PiperVoice.synthesize_wav`` would write (one chunk per sentence, each
-    peak-normalised by Piper), without the WAV round trip.
-    """
-    piper_voice = tts_voice(voice)
-    chunks = [chunk.audio_int16_array for chunk in piper_voice.synthesize(text)]
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-    return audio, piper_voice.config.sample_rate
-
-
-def resample_to_16k(audio_int16: np.ndarray, sample_rate: int) -> np.ndarray:
-    """int16 audio at ``sample_rate`` → float32 in [-1, 1] at 16 kHz, shape (m,).
-
-    Uses the exact rational ratio (320/441 for Piper's 22 050 Hz): an approximate ratio shifts
-    pitch and duration slightly and silently ruins recognition.
-    """
-    audio = audio_int16.astype(np.float32) / 32768.0
-    if sample_rate == SAMPLE_RATE:
-        return audio
-    return np.clip(resample(audio, sample_rate), -1.0, 1.0)
-
 
 # Every training voice of the corpus in turn, record by record (the held-out speaker never speaks).
 TRAINING_MIX = "training-mix"
@@ -81,37 +48,29 @@ def voice_for_record(voice: str, index: int) -> str:
 def check_voice(voice: str) -> None:
     """Fail before any synthesis when a voice's engine, Festival voice or Piper model is missing."""
     for name in [v.name for v in training_voices()] if voice == TRAINING_MIX else [voice]:
-        tts_voice(name) if name in VOICES else check_engine(voice_named(name))
+        check_engine(voice_named(name))
 
 
 def synthesize_text(text: str, voice: str = DEFAULT_VOICE) -> np.ndarray:
     """Speak ``text``: float32 mono waveform at 16 kHz in [-1, 1], shape (n_samples,).
 
     Raises:
-        ValueError: empty text, or text Piper turns into no audio at all.
+        ValueError: empty text, or text the engine turns into no audio at all.
     """
     if not text or not text.strip():
         raise ValueError("synthesize_text: text is empty")
-    if voice not in VOICES:  # the corpus's engines: Festival, Flite, eSpeak NG, Piper variants
-        return speak(voice_named(voice), text)
-    audio, sample_rate = piper_int16(text, voice)
-    if audio.size == 0:
-        raise ValueError(f"Piper produced no audio for {text!r}")
-    return resample_to_16k(audio, sample_rate)
+    return speak_many(voice_named(voice), [text])[0]
 
 
-# Piper phonemises through espeak-ng's library, which is not thread-safe: one Piper call at a time.
-_PIPER_LOCK = threading.Lock()
 # Texts one engine process speaks in one go (Festival's start-up is ~80 % of one utterance's cost).
 SYNTHESIS_CHUNK = 16
 
 
 def synthesize_texts(texts: list[str], voice: str = DEFAULT_VOICE) -> list[np.ndarray]:
-    """Speak each text like `synthesize_text`; a corpus engine speaks the whole list in one process."""
-    if voice not in VOICES:
-        return speak_many(voice_named(voice), texts)
-    with _PIPER_LOCK:
+    """Speak each text like `synthesize_text`; a Festival / Flite / eSpeak voice speaks the whole list in one go."""
+    if voice_named(voice).engine == "piper":
         return [synthesize_text(text, voice) for text in texts]
+    return speak_many(voice_named(voice), texts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +179,7 @@ def voice_chunks(items: list[PlannedRecord]) -> list[list[PlannedRecord]]:
         by_voice.setdefault(item.voice, []).append(item)
     chunks = []
     for voice, group in by_voice.items():
-        size = 1 if voice in VOICES else SYNTHESIS_CHUNK
+        size = 1 if voice_named(voice).engine == "piper" else SYNTHESIS_CHUNK
         chunks += [group[start : start + size] for start in range(0, len(group), size)]
     return chunks
 
@@ -251,7 +210,7 @@ def synthesize_records(
             dicts, e.g. ``{"question": ..., "answer"|"answers": ..., "response"?: ...}``.
         out_dir: output folder (created). Existing wavs from an earlier run are kept as they
             are; only missing ones are synthesised.
-        voice: Piper voice name (see ``VOICES``), a corpus voice (``speech_llama.corpus.voices.VOICES``) or
+        voice: a voice of ``speech_llama.tts.voice_names()`` (Piper model or corpus voice) or
             ``TRAINING_MIX`` (record i spoken by the i-th training voice, in turn).
         text_field: which field to speak.
         progress: show a tqdm bar.
@@ -275,7 +234,7 @@ def synthesize_records(
     if missing:  # load (and fail on a missing voice or engine) before the bar starts
         check_voice(voice)
     chunks = voice_chunks(missing)
-    engines = any(chunk[0].voice not in VOICES for chunk in chunks)  # Piper alone gains nothing from threads
+    engines = any(voice_named(chunk[0].voice).engine != "piper" for chunk in chunks)  # Piper alone gains nothing from threads
     pool = ThreadPoolExecutor(max(1, workers) if engines else 1)
     try:
         with tqdm(total=len(planned), initial=len(planned) - len(missing), desc="synthesize", unit="record",
@@ -362,33 +321,3 @@ def load_spoken_dataset(out_dir: str | Path, decode: bool | None = None):
     if decode is None and not use_datasets_decoder:
         dataset.set_transform(_decode_audio_with_soundfile, columns=[AUDIO_FIELD], output_all_columns=True)
     return dataset
-
-
-# --------------------------------------------------------------------------------------------
-# CLI: speech-llama synthesize --data IN --out DIR [--voice joe] [--text-field question]
-# --------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``synthesize`` subcommand's options to ``parser``."""
-    parser.add_argument("--data", required=True, help="input records: a local .jsonl file")
-    parser.add_argument("--out", required=True, help="output folder (audio/ and data.jsonl)")
-    parser.add_argument("--voice", default=DEFAULT_VOICE, choices=sorted(VOICES) + sorted(ENGINE_VOICES) + [TRAINING_MIX],
-                        help=f"voice (default Piper {DEFAULT_VOICE}; festival-slt is the held-out speaker of the corpus; "
-                             f"{TRAINING_MIX}: every other corpus voice in turn, record by record)")
-    parser.add_argument("--text-field", default="question", help="record field to speak")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``synthesize`` from parsed arguments; prints the data.jsonl path; returns 0."""
-    data_path = synthesize_records(
-        args.data,
-        args.out,
-        voice=args.voice,
-        text_field=args.text_field,
-        progress=not args.no_progress,
-    )
-    print(data_path)
-    return 0

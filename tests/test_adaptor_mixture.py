@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM
 from speech_llama.build import BuildInfo, save_model_folder
-from speech_llama.generate import qa_prompt
+from speech_llama.prompts import qa_prompt
 
 
 def mixture_model(model_dir, **config):

@@ -1,4 +1,4 @@
-"""The `offline-mini-aligned` build (trainers/aligned_preset.py) end to end on a tiny cached corpus."""
+"""The `offline-mini-aligned` build (alignment/preset.py) end to end on a tiny cached corpus."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 import speech_llama.presets as presets
 from speech_llama.files import write_jsonl
 from speech_llama.generate import load_model
-from trainers import aligned_preset
-from trainers.aligned_preset import (ALIGNED_ADAPTOR, AlignedRecipe, answer_token_f1, build_aligned_offline_mini,
+from alignment import preset as aligned_preset
+from alignment.preset import (ALIGNED_ADAPTOR, AlignedRecipe, answer_token_f1, build_aligned_offline_mini,
                                      dev_answer_agreement, read_blanks_as_space)
-from trainers.speech_alignment import AlignmentSettings
-from trainers.speech_distillation import DistillationSettings
+from alignment.training import AlignmentSettings
+from alignment.distillation import DistillationSettings
 
 TEXTS = ["Who wrote Hamlet?", "Name a red fruit.", "Birds fly south.", "The sun is hot.", "A dog ran home.",
          "Bees make honey."]
@@ -81,7 +81,8 @@ def test_build_aligns_distils_exports_and_reuses(tiny, tiny_model_dir, tmp_path,
 def test_corpus_command_caches_the_corpus_the_aligned_build_reads():
     import argparse
 
-    from speech_llama.corpus.build import add_arguments, default_corpus_dir
+    from alignment.corpus import default_corpus_dir
+    from apps.corpus import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from speech_llama.corpus import build as corpus_build
-from speech_llama.corpus import clips as corpus_clips
-from speech_llama.corpus import texts as corpus_texts_module
-from speech_llama.corpus import voices as corpus_voices
-from speech_llama.corpus.build import build_corpus, held_out_records
-from speech_llama.corpus.clips import (
+from alignment import corpus as corpus_build
+from alignment import clips as corpus_clips
+from alignment import texts as corpus_texts_module
+from speech_llama import tts as corpus_voices
+from alignment.corpus import build_corpus, held_out_records
+from alignment.clips import (
     NOISE_SNRS_DB,
     PEAK_RANGE,
     REVERBS,
@@ -26,8 +26,8 @@ from speech_llama.corpus.clips import (
     plain_clips,
     plan_clips,
 )
-from speech_llama.corpus.coverage import coverage
-from speech_llama.corpus.texts import (
+from alignment.coverage import coverage
+from alignment.texts import (
     MAX_WORDS,
     QUESTION_OPENERS,
     QUESTION_TEMPLATE,
@@ -41,7 +41,7 @@ from speech_llama.corpus.texts import (
     llm_prompts,
     word_lists,
 )
-from speech_llama.corpus.voices import (
+from speech_llama.tts import (
     HELD_OUT_SPEAKER,
     VOICES,
     Perturbation,
@@ -335,7 +335,7 @@ def test_shared_length_leaves_every_row_a_token_of_its_own():
 def test_corpus_encoder_runs_in_the_fast_precision_and_stays_close_to_float32(tiny_model_dir, monkeypatch):
     import torch
 
-    from speech_llama.corpus.encoder import FrozenSpeechEncoder
+    from alignment.encoder import FrozenSpeechEncoder
 
     monkeypatch.setattr("speech_llama.precision.cpu_runs_bfloat16", lambda: True)
     assert corpus_clips.encoder_dtype_name() == "bfloat16"
@@ -433,7 +433,7 @@ def snapshot(folder):
 
 def test_make_clips_writes_wav_and_states_and_redoes_only_missing_clips(tiny_model_dir, tmp_path, monkeypatch):
     from speech_llama.audio import read_wav
-    from speech_llama.corpus.encoder import FrozenSpeechEncoder
+    from alignment.encoder import FrozenSpeechEncoder
 
     texts = ["The cat sat on the mat.", "Rivers flow into the sea."]
     plan = plan_clips(texts, [voice_named(name) for name in FAST_VOICES], total_clips=2, seed=1)

@@ -14,7 +14,7 @@ import torch
 from helpers import noise_clip
 
 from modeling_speech_llama import speech_token_count
-from speech_llama.generate import qa_prompt, qa_training_text
+from speech_llama.prompts import qa_prompt, qa_training_text
 
 PROJECT_PACKAGES = ("modeling_speech_llama", "speech_llama", "importance", "trainers", "evaluate_metrics", "spaces_demo")
 
@@ -249,7 +249,7 @@ def test_chat_template_accepts_multimodal_messages_and_adds_system_prompt(tiny):
 def test_speech_instruction_is_a_saved_processor_field(tiny_model_dir, tmp_path):
     from modeling_speech_llama import SpeechLlamaProcessor
     from modeling_speech_llama.processing_speech_llama import DEFAULT_SPEECH_INSTRUCTION
-    from speech_llama.generate import qa_prompt
+    from speech_llama.prompts import qa_prompt
 
     processor = SpeechLlamaProcessor.from_pretrained(tiny_model_dir)
     assert processor.speech_instruction == DEFAULT_SPEECH_INSTRUCTION

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from speech_llama.generate import generate_answers, qa_prompt
+from speech_llama.generate import generate_answers
+from speech_llama.prompts import qa_prompt
 from speech_llama.synthesize import synthesize_text
 
 pytestmark = pytest.mark.real_weights

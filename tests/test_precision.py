@@ -8,8 +8,8 @@ import torch
 from apps.reproduce import experiments
 from apps.reproduce.experiments import EXPERIMENT_PRESETS, for_this_machine
 from speech_llama import precision
-from trainers.speech_alignment import AlignmentSettings
-from trainers.speech_distillation import DistillationSettings
+from alignment.training import AlignmentSettings
+from alignment.distillation import DistillationSettings
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM
 from speech_llama.batching import continuous_greedy_answers
 from speech_llama.build import BuildInfo, save_model_folder
-from speech_llama.generate import qa_inputs, qa_prompt
+from speech_llama.prompts import qa_inputs, qa_prompt
 
 MIXTURE = {"adaptor_output": "embedding_mixture", "adaptor_collapse_repeats": True}
 

@@ -1,4 +1,4 @@
-"""CTC alignment on cached encoder states (trainers/speech_alignment.py, trainers/ctc_alignment.py) and
+"""CTC alignment on cached encoder states (alignment/training.py, alignment/ctc.py) and
 the `readback` evaluation task (the model repeats what was said)."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from speech_llama.batching import continuous_greedy_answers
 from speech_llama.evaluation import evaluate_model, readback_scores
 from speech_llama.files import read_jsonl, write_jsonl
 from modeling_speech_llama.processing_speech_llama import DEFAULT_SPEECH_INSTRUCTION as SPEECH_INSTRUCTION
-from speech_llama.generate import TRANSCRIPT_INSTRUCTION, qa_inputs
-from trainers import speech_alignment
-from trainers.ctc_alignment import ctc_loss_from_states, greedy_ctc_tokens
-from trainers.speech_alignment import (
+from speech_llama.prompts import TRANSCRIPT_INSTRUCTION, qa_inputs
+from alignment import training as speech_alignment
+from alignment.ctc import ctc_loss_from_states, greedy_ctc_tokens
+from alignment.training import (
     STATE_NAME,
     AlignmentSettings,
     CachedClip,

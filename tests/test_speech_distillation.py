@@ -1,14 +1,15 @@
-"""DiVA-style distillation of the text-input LLM into the speech path (trainers/speech_distillation.py)."""
+"""DiVA-style distillation of the text-input LLM into the speech path (alignment/distillation.py)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from modeling_speech_llama import SpeechLlamaForCausalLM
 from speech_llama.generate import load_model
-from trainers.speech_alignment import CachedClip
-from trainers.speech_distillation import STATE_NAME, DistillationSettings, _pair, distill
+from alignment.training import CachedClip
+from alignment.distillation import STATE_NAME, DistillationSettings, _pair, distill
 
 TEXTS = ["Who wrote Hamlet?", "Name a red fruit.", "Birds fly south.", "The sun is hot."]
 
@@ -50,8 +51,8 @@ def test_distill_trains_only_the_adaptor_and_resumes(tiny_model_dir, tmp_path):
 
 def test_student_logits_equal_the_models_forward_with_silent_frames_masked(tiny_model_dir):
     """The student path (`_response_logits` on adaptor frames) reads what `model(...)` reads, silent frames included."""
-    from trainers.speech_alignment import batch_tensors
-    from trainers.speech_distillation import _response_logits
+    from alignment.training import batch_tensors
+    from alignment.distillation import _response_logits
 
     _, processor = load_model(tiny_model_dir)
     model = SpeechLlamaForCausalLM.from_pretrained(
@@ -74,8 +75,29 @@ def test_student_logits_equal_the_models_forward_with_silent_frames_masked(tiny_
             start = sum(lengths[:row])
             direct = model.language_model(inputs_embeds=_kept_embeddings(model, ids, frames[row, : counts[row]],
                                                                          silent[row, : counts[row]])).logits[0, -n - 1 : -1]
-            torch.testing.assert_close(student[start : start + n], direct.float(), atol=1e-4, rtol=1e-4)
+            readable = torch.arange(direct.shape[-1]) != model.config.speech_token_id  # the model masks <speech>'s logit
+            torch.testing.assert_close(student[start : start + n, readable], direct[:, readable].float(), atol=1e-4, rtol=1e-4)
     assert (student - unmasked).abs().max() > 1e-3
+
+
+def test_forward_merges_precomputed_frames_like_input_features(tiny_model_dir):
+    """`speech_embeds` (the adaptor's frames) merged by the forward give the logits `input_features` give."""
+    import numpy as np
+
+    from speech_llama.prompts import qa_inputs
+
+    model, processor = load_model(tiny_model_dir)
+    clip = np.random.default_rng(0).normal(0, 0.1, 16_000).astype(np.float32)
+    inputs = qa_inputs(processor, [None], [clip])
+    with torch.no_grad():
+        frames = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
+        from_features = model(**inputs).logits
+        from_frames = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], speech_embeds=frames).logits
+    torch.testing.assert_close(from_frames, from_features)
+    with pytest.raises(ValueError, match="input_features or speech_embeds, not both"):
+        model(**inputs, speech_embeds=frames)
+    with pytest.raises(ValueError, match="speech_silent_frames must be"):
+        model(input_ids=inputs["input_ids"], speech_embeds=frames, speech_silent_frames=torch.zeros(1, dtype=torch.bool))
 
 
 def _kept_embeddings(model, ids: list[int], frames: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:
@@ -105,7 +127,7 @@ def _spoken_records(folder, rows: list[dict]):
 def test_distil_model_folder_exports_an_adaptor_only_model(tiny_model_dir, tmp_path):
     import pytest
 
-    from trainers.speech_distillation import distil_model_folder
+    from alignment.distillation import distil_model_folder
 
     records = _spoken_records(tmp_path / "data", [{"question": t, "response": "An answer."} for t in TEXTS])
     settings = DistillationSettings(steps=2, batch_size=2, checkpoint_every=1, bf16=False)

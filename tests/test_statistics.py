@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.cli import main
-from speech_llama.eval_diff import compare_runs
+from apps.eval_diff import compare_runs
 from speech_llama.files import write_jsonl
 from speech_llama.statistics import bootstrap_interval, paired_difference
 

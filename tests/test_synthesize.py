@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import soundfile
 
+from apps import synthesize as synthesize_command
 from speech_llama import synthesize
+from speech_llama.tts import to_16k, tts_voice
 from speech_llama.synthesize import (
     audio_relative_path,
     load_spoken_dataset,
-    resample_to_16k,
     synthesize_records,
     synthesize_text,
 )
@@ -59,7 +60,7 @@ def test_resample_uses_exact_ratio_and_keeps_pitch():
     seconds, tone = 1.0, 440.0
     time_22k = np.arange(int(22_050 * seconds)) / 22_050
     int16 = (np.sin(2 * np.pi * tone * time_22k) * 16_000).astype(np.int16)
-    audio = resample_to_16k(int16, 22_050)
+    audio = to_16k(int16.astype(np.float32) / 32768.0, 22_050)
     assert audio.dtype == np.float32 and audio.shape == (16_000,)
     spectrum = np.abs(np.fft.rfft(audio))
     assert np.argmax(spectrum) * 16_000 / len(audio) == pytest.approx(tone, abs=1.0)
@@ -79,8 +80,10 @@ def test_synthesize_text_rejects_empty_text():
 
 
 def test_unknown_voice_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"unknown voice 'nobody'; available: \['joe'\]"):
-        synthesize.tts_voice("nobody")
+    with pytest.raises(ValueError, match=r"unknown Piper model 'nobody'; available: \['joe'\]"):
+        tts_voice("nobody")
+    with pytest.raises(ValueError, match=r"unknown voice 'nobody'; available: joe, espeak-gb-m1"):
+        synthesize.synthesize_text("Hello.", "nobody")
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ def test_interrupted_run_resumes_without_resynthesising(tmp_path, monkeypatch):
         return np.zeros(1600, dtype=np.float32)
 
     monkeypatch.setattr(synthesize, "synthesize_text", fake_speech)
-    monkeypatch.setattr(synthesize, "tts_voice", lambda voice="joe": None)
+    monkeypatch.setattr(synthesize, "check_voice", lambda voice: None)
     with pytest.raises(KeyboardInterrupt):
         synthesize_records(RECORDS, tmp_path, progress=False)
     assert len(list((tmp_path / "audio").glob("*.wav"))) == 2
@@ -167,7 +170,7 @@ def test_interrupted_run_resumes_without_resynthesising(tmp_path, monkeypatch):
 
 
 def test_training_mix_speaks_record_i_with_the_ith_training_voice_never_the_held_out_one(tmp_path, monkeypatch):
-    from speech_llama.corpus.voices import HELD_OUT_SPEAKER, VOICES as CORPUS_VOICES, training_voices
+    from speech_llama.tts import HELD_OUT_SPEAKER, VOICES as CORPUS_VOICES, training_voices
 
     voice_of = {}
 
@@ -273,11 +276,11 @@ def test_load_spoken_dataset_names_broken_rows(tmp_path):
 @pytest.mark.real_weights
 def test_cli_subcommand_arguments_and_run(tmp_path, capsys):
     records = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Say hello.", "answer": "hello"}])
-    parser = synthesize.add_arguments(argparse.ArgumentParser())
+    parser = synthesize_command.add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(
         ["--data", str(records), "--out", str(tmp_path / "out"), "--text-field", "prompt", "--no-progress"]
     )
     assert args.voice == "joe"
-    assert synthesize.run(args) == 0
+    assert synthesize_command.run(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "data.jsonl")
     assert read_jsonl(tmp_path / "out" / "data.jsonl")[0]["answer"] == "hello"

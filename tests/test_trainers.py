@@ -382,7 +382,7 @@ def test_stage1_configs_carry_llama_omni_defaults(config):
 
 
 def test_ctc_alignment_trains_only_the_adaptor_and_lowers_its_loss(tmp_path, tiny_model_dir):
-    from trainers.ctc_alignment import TranscriptCTCCollator, ctc_alignment_loss
+    from alignment.ctc import TranscriptCTCCollator, ctc_alignment_loss
     from trainers.run import main
 
     rows = spoken_rows(tmp_path / "data", count=4)

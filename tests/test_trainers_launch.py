@@ -180,7 +180,7 @@ def assert_same_groups(left: list[dict], right: list[dict]) -> None:
 def test_lora_exports_load_as_stated_and_agree(runs, tiny_model_dir):
     from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 
-    from speech_llama.generate import qa_prompt
+    from speech_llama.prompts import qa_prompt
 
     adapter_dir, final_dir = runs / "lora" / "adapter", runs / "lora" / "final"
     assert not (adapter_dir / "config.json").exists()

@@ -31,7 +31,7 @@ from speech_llama.memory import choose_freed_memory_policy
 from speech_llama.remote_code import load_processor
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.checkpoints import resolve_resume
-from trainers.ctc_alignment import TranscriptCTCCollator
+from alignment.ctc import TranscriptCTCCollator
 from trainers.data import MixEpochCallback, build_collators, load_datasets
 from trainers.export import TrainingInfo, base_licences, base_model_reference, export_full, export_lora
 from trainers.layer_lr import LayerLRSpec, layer_lr_spec

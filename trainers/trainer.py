@@ -22,7 +22,7 @@ from transformers.trainer_optimizer import is_optimizer_factory
 
 from speech_llama.fsdp import enable_fsdp_on_cpu
 
-from .ctc_alignment import CTC_TARGETS, ctc_alignment_loss
+from alignment.ctc import CTC_TARGETS, ctc_alignment_loss
 from .layer_lr import LayerLRSpec, build_param_groups, write_layer_lr_json
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class SpeechLlamaTrainer(Trainer):
             save_remote_code(original, folder)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The answer loss of the model; for CTC-alignment batches (`trainers.ctc_alignment`) their CTC loss."""
+        """The answer loss of the model; for CTC-alignment batches (`alignment.ctc`) their CTC loss."""
         if CTC_TARGETS not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.args.world_size > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from speech_llama.corpus.voices import training_voices
+from speech_llama.tts import training_voices
 from speech_llama.synthesize import TRAINING_MIX
 
 from .experiments import ALIGN

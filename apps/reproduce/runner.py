@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from speech_llama.corpus.voices import HELD_OUT_VOICE
-from speech_llama.eval_diff import compare_runs, correct_column
+from speech_llama.tts import HELD_OUT_VOICE
+from apps.eval_diff import compare_runs, correct_column
 from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.statistics import bootstrap_interval
 
@@ -148,7 +148,7 @@ class Reproduction(RunLayout):
 
     def _distil(self, run_name: str = DISTILL, seed: int = 0) -> dict:
         """The adaptor distilled from the frozen LLM on the methods' data, steps, batch and seed."""
-        from trainers.speech_distillation import DistillationSettings, distil_model_folder
+        from alignment.distillation import DistillationSettings, distil_model_folder
 
         out_dir = self.train_dir(run_name)
         summary_path = out_dir / "summary.json"

@@ -15,7 +15,7 @@ import math
 import random
 from pathlib import Path
 
-from speech_llama.corpus.build import held_out_records
+from alignment.corpus import held_out_records
 from speech_llama.files import read_jsonl
 
 from .experiments import ExperimentPreset

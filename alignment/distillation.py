@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from speech_llama.files import atomic_write, read_jsonl, write_jsonl
-from speech_llama.generate import qa_training_text
+from speech_llama.prompts import qa_training_text
 from speech_llama.precision import cpu_runs_bfloat16
-from trainers.ctc_alignment import ctc_loss_from_states
-from trainers.speech_alignment import CachedClip, batch_tensors
+from alignment.ctc import ctc_loss_from_states
+from alignment.training import CachedClip, batch_tensors
 
 STATE_NAME = "distillation-state.pt"
 RESPONSES_NAME = "teacher-responses.jsonl"
@@ -76,21 +76,14 @@ def _response_logits(model, rows: list[list[int]], response_lengths: list[int], 
                      speech_silent=None) -> torch.Tensor:
     """Logits predicting each response token, rows right-padded, concatenated: (Σ len_i, V).
 
-    `speech_silent` (ΣN,) bool: speech frames left out of the attention, as the model's forward does
-    with `adaptor_mask_silent_frames`."""
+    `speech_embeds` (ΣN, d_llm) and `speech_silent` (ΣN,) bool: the adaptor's frames for the rows'
+    `<speech>` placeholders, merged by the model's forward."""
     longest = max(len(row) for row in rows)
     pad = model.config.text_config.pad_token_id or 0
     ids = torch.tensor([row + [pad] * (longest - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows])
-    embeds = model.get_input_embeddings()(ids)
-    position_ids = None
-    if speech_embeds is not None:
-        placeholder = ids == model.config.speech_token_id
-        embeds = embeds.masked_scatter(placeholder.unsqueeze(-1).expand_as(embeds), speech_embeds.to(embeds.dtype))
-        if speech_silent is not None:
-            mask = model._without_silent_frames(mask, torch.zeros_like(placeholder).masked_scatter(placeholder, speech_silent))
-            position_ids = model._position_ids_from_mask(mask, mask.shape[1])
-    logits = model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).logits
+    logits = model(input_ids=ids, attention_mask=mask, speech_embeds=speech_embeds,
+                   speech_silent_frames=speech_silent, use_cache=False).logits
     picked = [logits[row, len(rows[row]) - n - 1 : len(rows[row]) - 1] for row, n in enumerate(response_lengths)]
     return torch.cat(picked).float()
 
@@ -132,7 +125,7 @@ def distill(model, processor, clips: list[CachedClip], responses: list[str], out
             frames, silent = model.adaptor(states, embeddings, return_silent_frames=True)
             speech_embeds = torch.cat([frames[row, :count] for row, count in enumerate(counts)])
             speech_silent = (torch.cat([silent[row, :count] for row, count in enumerate(counts)])
-                             if silent is not None and model.config.adaptor_mask_silent_frames else None)
+                             if silent is not None else None)
             student = _response_logits(model, speech_rows, lengths, speech_embeds, speech_silent)
             kl = F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
             loss = kl + settings.ctc_weight * ctc_loss_from_states(model, states, counts, targets, target_lengths)
@@ -155,7 +148,7 @@ def spoken_response_clips(model, processor, rows: list[dict], source: Path) -> t
     """Encoder states of spoken records (`audio` read relative to `source`, a JSONL file) with their
     transcripts' tokens, and each record's `response`: the frozen LLM's own answer to the typed question."""
     from speech_llama.audio import read_audio
-    from speech_llama.corpus.encoder import FrozenSpeechEncoder
+    from alignment.encoder import FrozenSpeechEncoder
 
     encoder = FrozenSpeechEncoder(model=model, processor=processor)
     clips, responses = [], []

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from speech_llama.audio import write_wav
-from speech_llama.corpus.voices import Perturbation, Voice, perturb, speak_many, voice_named
+from speech_llama.tts import Perturbation, Voice, perturb, speak_many, voice_named
 from speech_llama.files import atomic_write
 
 TEMPOS = (0.9, 1.0, 1.1)
@@ -125,7 +125,7 @@ def encoder_dtype_name() -> str:
 def _init_worker(model_dir: str) -> None:
     import torch
 
-    from speech_llama.corpus.encoder import FrozenSpeechEncoder
+    from alignment.encoder import FrozenSpeechEncoder
 
     torch.set_num_threads(1)
     _WORKER["encoder"] = FrozenSpeechEncoder(Path(model_dir), dtype=encoder_dtype_name())

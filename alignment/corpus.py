@@ -1,4 +1,4 @@
-"""`speech-llama corpus`: the speech corpus for aligning the adaptor, built once and cached.
+"""The speech corpus for aligning the adaptor, built once and cached (`speech-llama corpus`).
 
     DIR/texts/llm/chunk-*.json     the base LLM's sampled replies (resumable)
     DIR/train/  audio/*.wav  features/*.npy  data.jsonl    sentences, then word lists; many training voices, perturbed
@@ -13,29 +13,26 @@ the held-out questions and nothing else; no held-out question (normalised) is a 
 
 from __future__ import annotations
 
-import argparse
 import random
 from pathlib import Path
 
-from speech_llama.corpus.clips import PlannedClip, encoder_dtype_name, make_clips, plain_clips, plan_clips
-from speech_llama.corpus.coverage import coverage
-from speech_llama.corpus.texts import corpus_texts, frequent_words, word_lists
-from speech_llama.corpus.voices import HELD_OUT_SPEAKER, HELD_OUT_VOICE, check_engine, check_sox, training_voices, voice_named
+from alignment.clips import PlannedClip, encoder_dtype_name, make_clips, plain_clips, plan_clips
+from alignment.coverage import coverage
+from alignment.texts import corpus_texts, frequent_words, word_lists
 from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.offline.cache import cache_dir
-from speech_llama.presets import ALIGNED_BASE_PRESET, offline_mini_dir
 from speech_llama.text import normalized
+from speech_llama.tts import HELD_OUT_SPEAKER, HELD_OUT_VOICE, check_engine, check_sox, training_voices, voice_named
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 TRAIN_PROMPTS = DATA_DIR / "train_questions.jsonl"
 HELD_OUT_QA = (DATA_DIR / "general_knowledge_qa.jsonl", DATA_DIR / "demo_qa.jsonl")
 DEFAULT_CLIPS = 10_000
 DEV_TEXTS = 200
 LIST_WORDS, LIST_HEARINGS, LIST_LENGTH = 6000, 8, 8
 LLM_QUESTIONS, LLM_SENTENCES = 9000, 6000
-# v3: the LLM writer samples with its own loop (2.3x faster a batch; new texts), the encoder runs in bf16
-# where the CPU has it (encoder_dtype_name), Piper on the worker's one thread.
-# v4: 9 000 LLM-written questions (3 000 before), each asked to start with one of eight openers.
+# The cache folder's name: a new name whenever the texts, voices or encoder states change, so a
+# cached build is never mixed with a new recipe (versions and their figures: docs/experiments.md).
 CORPUS_NAME = "corpus-v4"
 
 
@@ -123,37 +120,3 @@ def _manifest(train, dev, heldout, out_dir: Path, model_dir: Path, seed: int, to
         },
         "coverage": coverage([clip.text for clip in train], [clip.text for clip in heldout], tokenizer),
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help=f"corpus folder (default $SPEECH_LLAMA_CACHE/{CORPUS_NAME} for offline-mini, {CORPUS_NAME}-base for offline-mini-base)")
-    parser.add_argument("--model", type=Path, help="model folder whose frozen encoder is cached (default: --preset's)")
-    parser.add_argument("--preset", default=ALIGNED_BASE_PRESET, choices=("offline-mini", "offline-mini-base"),
-                        help=f"offline preset whose encoder is cached: offline-mini (Whisper tiny.en, {CORPUS_NAME}) or "
-                             f"offline-mini-base (Whisper base, {CORPUS_NAME}-base); default {ALIGNED_BASE_PRESET}, "
-                             "the one offline-mini-aligned is aligned on")
-    parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
-                        help=f"training clips of sentences (default {DEFAULT_CLIPS}); the word lists come on top")
-    parser.add_argument("--llm-questions", type=int, default=LLM_QUESTIONS,
-                        help=f"questions the base LLM writes over topics and question openers (default {LLM_QUESTIONS})")
-    parser.add_argument("--llm-sentences", type=int, default=LLM_SENTENCES,
-                        help=f"sentences the LLM writes, one per frequent word (default {LLM_SENTENCES})")
-    parser.add_argument("--list-words", type=int, default=LIST_WORDS,
-                        help=f"frequency-list words read in word lists, each in {LIST_HEARINGS} lists "
-                             f"(default {LIST_WORDS}; 0: no lists)")
-    parser.add_argument("--workers", type=int, default=2, help="synthesis + encoder processes (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run(args: argparse.Namespace) -> dict:
-    if args.clips < 1 or args.workers < 1:
-        raise ValueError("--clips and --workers must be at least 1")
-    if args.list_words < 0:
-        raise ValueError(f"--list-words must be 0 or more, got {args.list_words}")
-    model_dir = args.model or offline_mini_dir(args.preset)
-    manifest = build_corpus(args.out or default_corpus_dir(args.preset), model_dir, clips=args.clips,
-                            llm_questions=args.llm_questions, llm_sentences=args.llm_sentences,
-                            list_words=args.list_words, workers=args.workers, seed=args.seed, progress=not args.no_progress)
-    print({name: split for name, split in manifest["splits"].items()}, manifest["coverage"]["word_coverage"])
-    return manifest

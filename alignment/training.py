@@ -4,7 +4,7 @@ The corpus (`speech-llama corpus`) holds every clip's frozen encoder states, so 
 adaptor and its vocabulary head only: Whisper runs once per clip, not once per epoch. Training is
 resumable: `DIR/alignment-state.pt` (adaptor, optimizer, schedule, step, RNG) is written atomically
 every `checkpoint_every` steps, and a restarted run continues from it bit-for-bit in its data order.
-The preset that uses it (corpus → alignment → distillation → model folder) is `trainers.aligned_preset`.
+The preset that uses it (corpus → alignment → distillation → model folder) is `alignment.preset`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from speech_llama.files import atomic_write, read_jsonl
 from speech_llama.precision import cpu_runs_bfloat16
-from trainers.ctc_alignment import ctc_loss_from_states, greedy_ctc_tokens
+from alignment.ctc import ctc_loss_from_states, greedy_ctc_tokens
 
 STATE_NAME = "alignment-state.pt"
 LOG_NAME = "alignment-log.jsonl"
