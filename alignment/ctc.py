@@ -1,6 +1,6 @@
 """CTC alignment of the speech adaptor to the LLM's own token embeddings (method `adaptor`, loss `ctc`).
 
-A fresh adaptor learns words slowly through the LLM's answer loss (README, "The paper in miniature":
+A fresh adaptor learns words slowly through the LLM's answer loss (docs/paper-in-miniature.md:
 on this CPU, hundreds of steps leave it carrying topic, not words). Here each adaptor frame x_t (d_llm) is scored against
 every row E_v of the LLM's input-embedding matrix by cosine similarity, logits_t,v = s · cos(x_t, E_v)
 (`SpeechAdaptor.token_logits`, s = 30), and a CTC loss asks the frame sequence to spell the spoken

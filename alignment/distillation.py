@@ -184,7 +184,7 @@ def distil_model_folder(model_dir: Path, records: Path, out_dir: Path, settings:
     distill(model, processor, clips, responses, out_dir, settings, progress)
     model.requires_grad_(False)
     info = BuildInfo(llm=f"frozen, from {model_dir}", encoder=f"frozen, from {model_dir}", preset="distill",
-                     notes=[f"Adaptor distilled from the frozen LLM reading the transcripts (DiVA-style KL + "
-                            f"{settings.ctc_weight} × CTC), {settings.steps} steps of {settings.batch_size} on {records}."])
+                     adaptor=f"{model_dir}'s, then distilled from the frozen LLM reading the transcripts (DiVA-style KL + "
+                             f"{settings.ctc_weight} × CTC), {settings.steps} steps of {settings.batch_size} on {records}.")
     save_model_folder(model, processor, final, info)
     return final

@@ -21,29 +21,17 @@ from speech_llama.presets import ALIGNED_BASE_PRESET
 from alignment.training import AlignmentSettings, ctc_word_error_rate, load_split, train_alignment
 from alignment.distillation import DistillationSettings, distill, teacher_responses
 
+# The cache folder's name: a new version whenever the recipe or the corpus changes, so a cached build is
+# never reused for another recipe (each version's recipe and figures: docs/experiments.md).
 ALIGNED_NAME = "offline-mini-aligned-v8"
-# v2: the blank has its own learned direction (v1 scored it against `<speech>`'s row and never
-# emitted it), each CTC segment reaches the LLM once, and blank frames read as a space.
-# v3: aligned on corpus-v2 (word lists: every frequency-list word heard in 8 lists), and the silent
-# frames (blank or repeat) are masked out of the LLM's attention instead of read as spaces.
-# v4: the Whisper base encoder (corpus-v2-base), 1 500 steps: chosen on dev CTC WER (0.271 against
-# v3's 0.302 at 3 000 steps); base's steps cost about twice tiny's, so 1 500 keeps the 60-min line.
-# v5: v4's adaptor; S2T prompts carry the clip alone (no LLaMA-Omni instruction after it): chosen on
-# the dev criterion (`dev_answer_agreement`, 200 dev clips: token F1 0.271 with the instruction, 0.341 without).
-# v6: v5's recipe aligned on corpus-v3 (built in less time: new LLM-written texts, bf16 encoder states).
-# v7: v6 with 3 000 alignment steps: chosen on dev CTC WER (0.310 against 0.333 for 1 500 steps on the same
-# corpus-v3 build); held-out S2T did not move (104 vs 103 of 404, paired +0.002 [-0.040, +0.045]).
-# v8: v7's recipe aligned on corpus-v4 (9 000 LLM-written questions in eight question forms, 3 000 before:
-# 9 984 distinct sentences against 6 865), chosen before measuring as the lever v7 left; held-out S2T
-# 0.282 (114 of 404) against v7's 0.257 (unpaired, not resolved), 0.509x the cascade's 224.
 ALIGNED_ADAPTOR = {"adaptor_output": "embedding_mixture", "adaptor_learned_blank": True, "adaptor_collapse_repeats": True,
                    "adaptor_mask_silent_frames": True}
 
 
 @dataclass
 class AlignedRecipe:
-    alignment: AlignmentSettings = field(default_factory=AlignmentSettings)  # its default: 3 000 steps (v7, v8)
-    # Off by default: 300 steps moved held-out S2T from 22 to 24 of 404 on v1 and from 114 to 109 on v8 (README).
+    alignment: AlignmentSettings = field(default_factory=AlignmentSettings)  # 3 000 steps: chosen on dev CTC WER
+    # Off by default: it did not move held-out S2T (docs/experiments.md, distillation).
     distillation: DistillationSettings | None = None
     distillation_clips: int = 1000  # training clips whose transcripts the teacher answers
     # The frozen encoder's preset: "offline-mini" (Whisper tiny.en) or "offline-mini-base" (Whisper base).
@@ -61,9 +49,9 @@ def aligned_cache_dir() -> Path:
 def read_blanks_as_space(model, tokenizer) -> None:
     """Start `blank_embedding` at the embedding of " ": a blank frame then reads as a space.
 
-    Zeros read far worse: with the transcript's own token embeddings in the speech slot, SmolLM2
-    answers 0.45 of 100 held-out questions, 0.37 with a " " between tokens and 0.07 with a zero
-    vector between them (README, "Speech that carries words"); on dev read-back the space was best.
+    Zeros read far worse: with the transcript's own token embeddings in the speech slot, a zero
+    vector between them costs SmolLM2 most of its answers where a " " costs few, and on dev
+    read-back the space is best (docs/experiments.md has the figures).
     """
     space = tokenizer(" ", add_special_tokens=False)["input_ids"]
     if len(space) != 1:
@@ -121,18 +109,21 @@ def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
     alignment = recipe.get("alignment", {})
     distillation = recipe.get("distillation")
     train = summary.get("corpus", {}).get("train", {})
-    notes = [f"Adaptor output: embedding mixture over the LLM's token embeddings (LegoSLM-style), learned CTC blank; "
-             f"blank and repeated frames masked out of the LLM's attention; CTC over the LLM vocabulary for {alignment.get('steps', '?')} steps of "
-             f"{alignment.get('batch_size', '?')} on {train.get('clips', '?')} synthetic clips ({train.get('hours', '?')} h, "
-             "14 offline TTS voices; speaker slt held out). LLM and Whisper encoder frozen: text ability is the base model's."]
+    adaptor = (f"trained on speech: CTC over the LLM vocabulary for {alignment.get('steps', '?')} steps of "
+               f"{alignment.get('batch_size', '?')} on {train.get('clips', '?')} synthetic clips ({train.get('hours', '?')} h, "
+               "14 offline TTS voices, speaker slt held out); output: embedding mixture over the LLM's token "
+               "embeddings (LegoSLM-style) with a learned CTC blank, blank and repeated frames masked out of the "
+               f"LLM's attention. Measured at build: best-path CTC WER {summary.get('dev_ctc_wer')} on the dev clips, "
+               f"{summary.get('heldout_ctc_wer')} on the held-out speaker. LLM and Whisper encoder frozen: text ability "
+               "is the base model's.")
+    notes = []
     if distillation:
         notes.append(f"Then {distillation['steps']} steps of DiVA-style distillation (KL to the LLM reading the transcript, "
                      f"+ {distillation['ctc_weight']} × CTC) on {recipe.get('distillation_clips')} training clips.")
     instruction = recipe.get("speech_instruction", processor.speech_instruction)
     notes.append(f"S2T prompts: the clip followed by {instruction!r}." if instruction else
                  "S2T prompts: the clip alone, no instruction after it (`processor.speech_instruction` is empty).")
-    notes.append(f"Dev best-path CTC WER: {summary.get('dev_ctc_wer')}; held-out speaker: {summary.get('heldout_ctc_wer')}")
-    info = offline_build_info(recipe.get("base_preset", "offline-mini"), "offline-mini-aligned", notes)
+    info = offline_build_info(recipe.get("base_preset", "offline-mini"), "offline-mini-aligned", notes, adaptor)
     model.requires_grad_(False)
     return save_model_folder(model, processor, out_dir, info)
 

@@ -186,7 +186,7 @@ def _sample_replies(model, tokenizer, prompts: list[str], seed: int, *, max_new_
                     temperature: float = 0.9, top_p: float = 0.95) -> list[str]:
     """Each prompt's sampled reply (nucleus sampling), up to its first line end or end of turn.
 
-    Three savings over `generate` (64 prompts on one thread here: 12.8 s → 5.6 s): the prompts'
+    Three savings over `generate` (timings in docs/experiments.md): the prompts'
     shared opening (the chat template's system turn and the prompt template, ≈ 32 of ≈ 48
     tokens) is run once, not once per row; a row leaves the batch (and its KV cache) as soon as
     it ends, where `generate` runs every row to the longest (replies end after ≈ 20 of the 40
@@ -253,8 +253,8 @@ def _nucleus_samples(logits, temperature: float, top_p: float, generators: list,
     """One token per row of (rows, vocab) logits: temperature, then the smallest set of tokens
     whose probability reaches `top_p` (the likeliest always kept), each row with its own generator.
 
-    The nucleus is looked for among each row's `candidates` likeliest tokens (a partial sort;
-    sorting the whole 49k vocabulary was a third of a batch's time) and only a row whose
+    The nucleus is looked for among each row's `candidates` likeliest tokens (a partial sort:
+    sorting the whole 49k vocabulary costs a third of a batch's time) and only a row whose
     candidates hold less than `top_p` is sorted whole, so the result is exact either way.
     """
     import torch

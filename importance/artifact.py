@@ -1,6 +1,6 @@
 """The importance artifact: `X.safetensors` (one fp32 tensor per analysed parameter) + `X.json`.
 
-Contract (README, "Contracts": the importance artifact): the tensors are keyed by the parameter's name in
+Contract (docs/model.md, "Contracts": the importance artifact): the tensors are keyed by the parameter's name in
 the model (e.g. ``language_model.model.layers.3.mlp.down_proj.weight``) and have its shape; the
 JSON summary holds ``model``, ``input``, ``num_samples``, ``num_tokens``, ``reduction``,
 ``layers`` (``I_l`` = Σ importance over decoder layer ``l``), ``modules`` (``{suffix:

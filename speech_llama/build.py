@@ -45,6 +45,12 @@ class BuildInfo:
     preset: str | None = None
     licences: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # How the adaptor was trained and what it measured; None: freshly initialised by `compose`.
+    adaptor: str | None = None
+
+
+UNTRAINED_ADAPTOR = ("freshly initialised — this model has not been trained on speech yet (align it with "
+                     "`speech-llama build --preset offline-mini-aligned`, or train it with `accelerate launch trainers/run.py`)")
 
 
 def add_speech_token(tokenizer) -> int:
@@ -142,8 +148,7 @@ concat-{config.adaptor_downsample} adaptor (Linear {config.encoder_config.d_mode
 - LLM: `{info.llm}` ({config.text_config.num_hidden_layers} layers, hidden {config.text_config.hidden_size})
 - Speech encoder: `{info.encoder}` (d_model {config.encoder_config.d_model}, {config.encoder_config.encoder_layers} layers)
 - Parameters: {n_params / 1e6:.1f} M
-- Adaptor: freshly initialised — this model has not been trained on speech yet (train it with
-  `accelerate launch trainers/run.py`).
+- Adaptor: {info.adaptor or UNTRAINED_ADAPTOR}
 {notes}
 
 ## Licences

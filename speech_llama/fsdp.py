@@ -13,7 +13,7 @@
 - :func:`enable_fsdp_on_cpu` — accelerate 1.15 turns FSDP on only for GPU-like devices; with
   ``use_cpu`` (``MULTI_CPU``, gloo) it silently falls back to DDP. The trainers call this to run the
   same FSDP2 code path on CPU processes (tests, laptops).
-- :func:`memory_per_rank` — the memory model of the README (bytes per rank).
+- :func:`memory_per_rank` — the memory model of docs/training.md (bytes per rank).
 
 Without an FSDP launch none of this changes a run: `fsdp_settings` is None, parameters are plain
 tensors (`is_sharded` is False) and `enable_fsdp_on_cpu` does nothing.
@@ -317,7 +317,7 @@ def enable_fsdp_on_cpu(accelerator) -> bool:
 
 def memory_per_rank(method: str, params: int, ranks: int, dtype_bytes: int = 2, *, analysed: int | None = None,
                     trainable: int | None = None, unit: int = 0, root: int = 0) -> dict[str, int]:
-    """The README's memory model: bytes one rank holds, activations not included.
+    """The memory model of docs/training.md: bytes one rank holds, activations not included.
 
     Args:
         method: ``importance`` | ``full`` | ``layer_lr`` | ``lora``.

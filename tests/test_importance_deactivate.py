@@ -169,7 +169,7 @@ def test_deactivate_refuses_an_artifact_of_another_model(tiny_model_dir, tmp_pat
 
 @pytest.fixture(scope="module")
 def table1_small(offline_mini):
-    """Real weights, small sizes (the full measurement is in the README): importance on 16 QA
+    """Real weights, small sizes (the full measurement is in docs/importance.md): importance on 16 QA
     records, perplexity on 16 others with the top / bottom / random 3 % zeroed."""
     from importance.estimate import estimate_importance, load_slice, select_parameters, sharded_batches
     from speech_llama.collate import QACollator
@@ -201,7 +201,7 @@ def test_table1_top_and_random_on_offline_mini(table1_small):
 @pytest.mark.xfail(strict=True, reason=(
     "known deviation, measured: first-order |θ·g| is ≈ 0 for the input columns that read SmolLM2's "
     "massive-activation dims (507, 247), so the global bottom 3 % removes whole such columns and PPL rises "
-    "~15× (README, Table 1 notes); strict so that a change in the method that fixes it is noticed"
+    "~15× (docs/importance.md, Table 1); strict so that a change in the method that fixes it is noticed"
 ))
 def test_table1_bottom_is_harmless_on_offline_mini(table1_small):
     ppl = table1_small

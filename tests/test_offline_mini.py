@@ -23,6 +23,7 @@ def test_offline_mini_has_the_documented_shape(offline_mini_dir, offline_mini):
     assert model.adaptor.linear_2.out_features == 576
     card = (offline_mini_dir / "README.md").read_text()
     assert "Apache-2.0" in card and "MIT" in card
+    assert "- Adaptor: freshly initialised — this model has not been trained on speech yet" in card
 
 
 def test_offline_mini_answers_capital_of_france_from_text(offline_mini):

@@ -102,7 +102,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Training and evaluation records (the README's record contract) and how prompts are built."""
+    """Training and evaluation records (the record contract of docs/model.md) and how prompts are built."""
 
     train_data: str | None = field(
         default=None, metadata={"help": "records: a .jsonl (audio paths relative to it), a save_to_disk folder or a Hub id"}

@@ -1,6 +1,6 @@
 """Records → training batches: dataset loading, the (mixed) collator and its epoch callback.
 
-Records follow the README's record contract (`speech_llama.records.load_records`: question, answers,
+Records follow the record contract of docs/model.md (`speech_llama.records.load_records`: question, answers,
 response, audio). Batches come from the shared `QACollator` (prompt in LLaMA-Omni's chat format,
 loss on the response only, left padding, per-clip audio features). `mix_text_ratio` gives a share
 of the training records as text (T2T) instead of speech: decided per record, so one batch may hold

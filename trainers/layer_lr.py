@@ -8,7 +8,7 @@ score per decoder layer. Each layer l learns at ``c_l · learning_rate``:
 - ``power``: ``c_l = (I_l / min_j I_j)^(−α)`` — the least important layer keeps the full rate.
 - ``softmax``: ``c = L · softmax(−α · z(I))`` with z the z-score over layers — c averages to 1.
 
-Eq. 3 is lost in the seed text; ``minmax`` is the reading the README documents as an assumption.
+Eq. 3 is lost in the seed text; ``minmax`` is the reading docs/training.md documents as an assumption.
 
 This module also turns coefficients into optimizer parameter groups: one group per (decoder layer ×
 decay / no-decay), the adaptor in its own groups (optionally at ``adaptor_lr``), everything else

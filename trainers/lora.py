@@ -1,6 +1,6 @@
 """LoRA for Stage 1: adapters on the LLM's attention and MLP projections, adaptor trained fully.
 
-Settings (README, "Train Stage 1"): q, k, v, o, gate, up, down projections of every decoder layer, r = 16,
+Settings (docs/training.md): q, k, v, o, gate, up, down projections of every decoder layer, r = 16,
 α = 2r, dropout 0.05. The speech adaptor is a peft `modules_to_save` module: trained in full and
 stored inside the adapter, so the adapter alone turns the base model into the trained one. The
 Whisper encoder stays frozen (its own q/k/v projections are not targeted).

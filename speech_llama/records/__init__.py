@@ -1,6 +1,6 @@
 """QA / instruction records: load them from a Hub id, a local `datasets` folder or a JSONL file.
 
-Every source is brought to one contract (see the README, "Contracts"):
+Every source is brought to one contract (docs/model.md, "Contracts"):
 
 - ``question`` (str, never empty)
 - ``answers`` (list[str]; the gold answers of QA data, empty for instruction data)
