@@ -77,7 +77,7 @@ def ctc_loss_from_states(model, encoder_states: torch.Tensor, frame_counts: list
     """CTC of the adaptor's vocabulary head (blank = `<speech>`) on (B, T_enc, d_enc) encoder states.
 
     `frame_counts[i]` adaptor frames of clip i are real (N_i = ⌊T_enc_i / k⌋). With
-    `adaptor_output="linear"` a second term, mean((‖x_t‖ / r − 1)²) with r the mean embedding norm,
+    `adaptor_type="linear"` a second term, mean((‖x_t‖ / r − 1)²) with r the mean embedding norm,
     keeps the frames the LLM reads at the scale of its embeddings (without it they grow ~9x to sharpen
     the softmax); the embedding mixture is on that scale by construction. Clips with fewer frames
     than a CTC path needs contribute zero (`zero_infinity`).
@@ -88,7 +88,7 @@ def ctc_loss_from_states(model, encoder_states: torch.Tensor, frame_counts: list
     log_probs = adaptor.token_logits(projected, embeddings).log_softmax(-1)  # (B, T, V) fp32
     ctc = F.ctc_loss(log_probs.transpose(0, 1), ctc_targets, torch.tensor(frame_counts), ctc_target_lengths,
                      blank=model.config.speech_token_id, zero_infinity=True)
-    if model.config.adaptor_output != "linear":
+    if model.config.adaptor_type != "linear":
         return ctc
     real = torch.arange(projected.shape[1])[None, :] < torch.tensor(frame_counts)[:, None]
     embedding_norm = embeddings.float().norm(dim=-1).mean()

@@ -24,8 +24,7 @@ from alignment.distillation import DistillationSettings, distill, teacher_respon
 # The cache folder's name: a new version whenever the recipe or the corpus changes, so a cached build is
 # never reused for another recipe (each version's recipe and figures: docs/experiments.md).
 ALIGNED_NAME = "offline-mini-aligned-v8"
-ALIGNED_ADAPTOR = {"adaptor_output": "embedding_mixture", "adaptor_learned_blank": True, "adaptor_collapse_repeats": True,
-                   "adaptor_mask_silent_frames": True}
+ALIGNED_ADAPTOR = {"adaptor_type": "ctc_embedding_mixture"}
 
 
 @dataclass

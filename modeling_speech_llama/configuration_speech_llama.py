@@ -6,7 +6,13 @@ This file is uploaded as Hub remote code: it imports only from `transformers` an
 from transformers import AutoConfig, PretrainedConfig, WhisperConfig
 
 
-ADAPTOR_OUTPUTS = ("linear", "embedding_mixture")
+ADAPTOR_TYPES = ("linear", "ctc_embedding_mixture")
+# config.json files written before `adaptor_type` carry these four switches instead; only their all-off
+# and all-on settings were ever shipped, and those are the two adaptor types.
+SWITCHES_OFF = {"adaptor_output": "linear", "adaptor_learned_blank": False, "adaptor_collapse_repeats": False,
+                "adaptor_mask_silent_frames": False}
+SWITCHES_ON = {"adaptor_output": "embedding_mixture", "adaptor_learned_blank": True, "adaptor_collapse_repeats": True,
+               "adaptor_mask_silent_frames": True}
 
 
 class SpeechLlamaConfig(PretrainedConfig):
@@ -26,24 +32,28 @@ class SpeechLlamaConfig(PretrainedConfig):
             Id of the `<speech>` placeholder token in the LLM vocabulary.
         freeze_encoder (`bool`, *optional*, defaults to `True`):
             Keep the Whisper encoder frozen (LLaMA-Omni Stage 1): no gradients, run under `no_grad`.
-        adaptor_output (`str`, *optional*, defaults to `"linear"`):
-            What the LLM reads at the speech positions: `"linear"` (the adaptor MLP's output, LLaMA-Omni) or
-            `"embedding_mixture"` (the posterior-weighted sum of the LLM's own token embeddings under a
-            cosine head over its vocabulary, `<speech>` as the CTC blank; LegoSLM).
+        adaptor_type (`str`, *optional*, defaults to `"linear"`):
+            What the LLM reads at the N speech positions of a clip, given the adaptor MLP's output h (B, N, d_llm):
+
+            - `"linear"`: h itself (LLaMA-Omni).
+            - `"ctc_embedding_mixture"` (LegoSLM): a CTC head over the LLM's vocabulary scores h against every
+              row E_v of the LLM's input embeddings (V, d_llm), logits_v = s · cos(h, E_v) (B, N, V), with the
+              `<speech>` id (`speech_token_id`, required) as the CTC blank, scored against a learned direction
+              `blank_query` (d_llm,) instead of its own row. A frame reads Σ_v p_v E_v with
+              p = softmax(logits / T), the blank's mass going to a learned `blank_embedding` (d_llm,), so the
+              inputs stay on the LLM's own token-embedding manifold. A silent frame (its best token is the blank
+              or repeats the previous frame's) reads `blank_embedding` alone and is masked out of the LLM's
+              attention and positions: the LLM reads each CTC segment once, in an unbroken sequence, as it
+              reads text. The processor's N placeholders are kept; the forward returns the attention mask it
+              used (B, L_past + L), which `generate` extends.
+
+            A config.json written with the former switches `adaptor_output`, `adaptor_learned_blank`,
+            `adaptor_collapse_repeats` and `adaptor_mask_silent_frames` loads: all off (or absent) is `"linear"`,
+            all on (`adaptor_output="embedding_mixture"`) is `"ctc_embedding_mixture"`; other settings are refused.
         adaptor_logit_scale (`float`, *optional*, defaults to 30.0):
             s in logits_v = s · cos(h, E_v), the adaptor's head over the LLM vocabulary.
         adaptor_mixture_temperature (`float`, *optional*, defaults to 1.0):
             Softmax temperature of the embedding mixture (lower: closer to one token per frame).
-        adaptor_collapse_repeats (`bool`, *optional*, defaults to `False`):
-            Embedding mixture only: frames whose best token is the blank or repeats the previous frame's
-            read `blank_embedding`, so each CTC segment reaches the LLM once (best-path collapse, N kept).
-        adaptor_learned_blank (`bool`, *optional*, defaults to `False`):
-            Score the CTC blank against a learned direction `blank_query` instead of the `<speech>` row of the
-            embeddings (that row is close to the mean embedding, so under the cosine head the blank never wins).
-        adaptor_mask_silent_frames (`bool`, *optional*, defaults to `False`):
-            With `adaptor_collapse_repeats`: the frames that read `blank_embedding` (blank or repeated best
-            token) are masked out of the LLM's attention and take no position, so the LLM reads each CTC
-            segment as one token in an unbroken sequence, as it reads text (N placeholders are kept).
 
     Example:
 
@@ -64,12 +74,9 @@ class SpeechLlamaConfig(PretrainedConfig):
         adaptor_hidden_size: int = 2048,
         speech_token_id: int | None = None,
         freeze_encoder: bool = True,
-        adaptor_output: str = "linear",
+        adaptor_type: str | None = None,
         adaptor_logit_scale: float = 30.0,
         adaptor_mixture_temperature: float = 1.0,
-        adaptor_collapse_repeats: bool = False,
-        adaptor_learned_blank: bool = False,
-        adaptor_mask_silent_frames: bool = False,
         **kwargs,
     ):
         self.encoder_config = _as_config(encoder_config, default_model_type="whisper")
@@ -80,14 +87,19 @@ class SpeechLlamaConfig(PretrainedConfig):
         self.adaptor_hidden_size = adaptor_hidden_size
         self.speech_token_id = speech_token_id
         self.freeze_encoder = freeze_encoder
-        check_adaptor_output(adaptor_output, speech_token_id, adaptor_mixture_temperature)
-        check_silent_frames(adaptor_mask_silent_frames, adaptor_output, adaptor_collapse_repeats)
-        self.adaptor_output = adaptor_output
+        # Popped, so that they are neither kept as attributes nor written back to config.json.
+        switches = {key: kwargs.pop(key) for key in SWITCHES_OFF if key in kwargs}
+        if switches:
+            from_switches = adaptor_type_from_switches(switches)
+            if adaptor_type is not None and adaptor_type != from_switches:
+                raise ValueError(f"adaptor_type={adaptor_type!r} contradicts the former adaptor switches {switches} "
+                                 f"(they mean adaptor_type={from_switches!r}); pass adaptor_type alone")
+            adaptor_type = from_switches
+        adaptor_type = "linear" if adaptor_type is None else adaptor_type
+        check_adaptor_type(adaptor_type, speech_token_id, adaptor_mixture_temperature)
+        self.adaptor_type = adaptor_type
         self.adaptor_logit_scale = adaptor_logit_scale
         self.adaptor_mixture_temperature = adaptor_mixture_temperature
-        self.adaptor_collapse_repeats = adaptor_collapse_repeats
-        self.adaptor_learned_blank = adaptor_learned_blank
-        self.adaptor_mask_silent_frames = adaptor_mask_silent_frames
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 
@@ -97,22 +109,36 @@ class SpeechLlamaConfig(PretrainedConfig):
         return self.encoder_config.max_source_positions * 0.02
 
 
-def check_adaptor_output(adaptor_output: str, speech_token_id: int | None, adaptor_mixture_temperature: float) -> None:
-    """Raise ValueError for an invalid adaptor output mode (also checked when the model is built: values
-    passed to `from_pretrained(..., adaptor_output=...)` are set on the config after `__init__`)."""
-    if adaptor_output not in ADAPTOR_OUTPUTS:
-        raise ValueError(f"adaptor_output must be one of {ADAPTOR_OUTPUTS}, got {adaptor_output!r}")
-    if adaptor_output == "embedding_mixture" and speech_token_id is None:
-        raise ValueError("adaptor_output='embedding_mixture' needs speech_token_id (the CTC blank)")
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`from_pretrained(folder, **kwargs)` sets only kwargs that are config attributes; a former switch
+        is none, so without this check it would be dropped (or reach the model's constructor) unread."""
+        former = sorted(key for key in kwargs if key in SWITCHES_OFF)
+        if former:
+            raise ValueError(f"{', '.join(former)}: replaced by adaptor_type; pass adaptor_type, one of {ADAPTOR_TYPES}")
+        return super().from_dict(config_dict, **kwargs)
+
+
+def adaptor_type_from_switches(switches: dict) -> str:
+    """The adaptor type that the former switches found in a config (absent ones off) describe."""
+    settings = {key: switches.get(key, off) for key, off in SWITCHES_OFF.items()}
+    if settings == SWITCHES_OFF:
+        return "linear"
+    if settings == SWITCHES_ON:
+        return "ctc_embedding_mixture"
+    raise ValueError(f"unsupported adaptor switches {switches}: supported are all off (adaptor_type='linear') or "
+                     f"{SWITCHES_ON} (adaptor_type='ctc_embedding_mixture')")
+
+
+def check_adaptor_type(adaptor_type: str, speech_token_id: int | None, adaptor_mixture_temperature: float) -> None:
+    """Raise ValueError for an invalid adaptor setting (the model checks its config too: values passed to
+    `from_pretrained(..., adaptor_type=...)` are set on the config after `__init__`)."""
+    if adaptor_type not in ADAPTOR_TYPES:
+        raise ValueError(f"adaptor_type must be one of {ADAPTOR_TYPES}, got {adaptor_type!r}")
+    if adaptor_type == "ctc_embedding_mixture" and speech_token_id is None:
+        raise ValueError("adaptor_type='ctc_embedding_mixture' needs speech_token_id (the CTC blank)")
     if adaptor_mixture_temperature <= 0:
         raise ValueError(f"adaptor_mixture_temperature must be > 0, got {adaptor_mixture_temperature}")
-
-
-def check_silent_frames(mask_silent_frames: bool, adaptor_output: str, collapse_repeats: bool) -> None:
-    """Raise ValueError when silent frames are to be masked but the adaptor does not mark any."""
-    if mask_silent_frames and not (adaptor_output == "embedding_mixture" and collapse_repeats):
-        raise ValueError("adaptor_mask_silent_frames=True needs adaptor_output='embedding_mixture' and "
-                         f"adaptor_collapse_repeats=True (got {adaptor_output!r}, collapse_repeats={collapse_repeats})")
 
 
 def _as_config(value, default_model_type: str) -> PretrainedConfig:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .configuration_speech_llama import SpeechLlamaConfig, check_adaptor_output, check_silent_frames
+from .configuration_speech_llama import SpeechLlamaConfig, check_adaptor_type
 
 
 def speech_token_count(num_mel_frames: int, downsample: int) -> int:
@@ -31,38 +31,33 @@ def speech_token_count(num_mel_frames: int, downsample: int) -> int:
 class SpeechAdaptor(nn.Module):
     """Concatenate k consecutive encoder frames, then Linear → ReLU → Linear (LLaMA-Omni).
 
-    `config.adaptor_output` chooses what the LLM reads:
+    `config.adaptor_type` chooses what the LLM reads:
     - "linear": the MLP output itself (LLaMA-Omni).
-    - "embedding_mixture": the MLP output h scores every row E_v of the LLM's input embeddings,
-      logits_v = s · cos(h, E_v) (s = `adaptor_logit_scale`), and the LLM reads the posterior-weighted
-      sum Σ_v p_v E_v with p = softmax(logits / `adaptor_mixture_temperature`) (LegoSLM). The
-      `<speech>` id is the CTC blank; its share of the mass goes to the learned `blank_embedding`
-      (zeros at init), so a blank frame reads as almost nothing. Inputs stay on the LLM's own
-      token-embedding manifold.
-    With `config.adaptor_learned_blank` the blank logit is s · cos(h, q) for a learned `blank_query` q.
+    - "ctc_embedding_mixture": the MLP output h scores every row E_v of the LLM's input embeddings,
+      logits_v = s · cos(h, E_v) (s = `adaptor_logit_scale`), the `<speech>` id being the CTC blank with
+      logit s · cos(h, q) for a learned `blank_query` q (`<speech>`'s own row is close to the mean
+      embedding, so under the cosine head it would never win). The LLM reads the posterior-weighted sum
+      Σ_v p_v E_v with p = softmax(logits / `adaptor_mixture_temperature`) (LegoSLM), the blank's share
+      of the mass going to the learned `blank_embedding`; a silent frame (`silent_frames`) reads
+      `blank_embedding` alone, and the model masks it out of the LLM's attention.
     """
 
     def __init__(self, config: SpeechLlamaConfig):
         super().__init__()
-        check_adaptor_output(config.adaptor_output, config.speech_token_id, config.adaptor_mixture_temperature)
-        check_silent_frames(getattr(config, "adaptor_mask_silent_frames", False), config.adaptor_output,
-                            config.adaptor_collapse_repeats)
+        check_adaptor_type(config.adaptor_type, config.speech_token_id, config.adaptor_mixture_temperature)
         self.downsample = config.adaptor_downsample
-        self.output_mode = config.adaptor_output
+        self.adaptor_type = config.adaptor_type
         self.logit_scale = config.adaptor_logit_scale
         self.temperature = config.adaptor_mixture_temperature
         self.blank_id = config.speech_token_id
-        self.collapse_repeats = config.adaptor_collapse_repeats
         encoder_width = config.encoder_config.d_model
+        width = config.text_config.hidden_size
         self.linear_1 = nn.Linear(encoder_width * self.downsample, config.adaptor_hidden_size)
         self.act = nn.ReLU()
-        self.linear_2 = nn.Linear(config.adaptor_hidden_size, config.text_config.hidden_size)
-        if self.output_mode == "embedding_mixture":
-            self.blank_embedding = nn.Parameter(torch.zeros(config.text_config.hidden_size))
-        if getattr(config, "adaptor_learned_blank", False):
-            if self.blank_id is None:
-                raise ValueError("adaptor_learned_blank=True needs speech_token_id (the CTC blank)")
-            self.blank_query = nn.Parameter(torch.randn(config.text_config.hidden_size) / config.text_config.hidden_size**0.5)
+        self.linear_2 = nn.Linear(config.adaptor_hidden_size, width)
+        if self.adaptor_type == "ctc_embedding_mixture":
+            self.blank_embedding = nn.Parameter(torch.zeros(width))
+            self.blank_query = nn.Parameter(torch.randn(width) / width**0.5)
 
     def project(self, encoder_states: torch.Tensor) -> torch.Tensor:
         """(B, T_enc, d_enc) → (B, ⌊T_enc / k⌋, d_llm) MLP output; trailing frames that do not fill a group are dropped."""
@@ -72,10 +67,12 @@ class SpeechAdaptor(nn.Module):
         return self.linear_2(self.act(self.linear_1(stacked)))
 
     def token_logits(self, projected: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
-        """(…, d_llm) MLP output × (V, d_llm) token embeddings → (…, V) scaled cosine logits (fp32)."""
+        """(…, d_llm) MLP output × (V, d_llm) token embeddings → (…, V) scaled cosine logits (fp32); the
+        blank's against `blank_query` in the embedding mixture, against `<speech>`'s row in "linear"
+        (whose CTC alignment also reads this head)."""
         direction = nn.functional.normalize(projected.float(), dim=-1)
         cosine = direction @ nn.functional.normalize(token_embeddings.float(), dim=-1).T
-        if hasattr(self, "blank_query"):
+        if self.adaptor_type == "ctc_embedding_mixture":
             blank = direction @ nn.functional.normalize(self.blank_query.float(), dim=0)
             cosine = cosine.index_copy(-1, torch.tensor([self.blank_id], device=cosine.device), blank.unsqueeze(-1))
         return self.logit_scale * cosine
@@ -90,44 +87,37 @@ class SpeechAdaptor(nn.Module):
     def mixture(self, logits: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, T, V) logits → (B, T, d_llm) posterior-weighted token embeddings (blank mass → `blank_embedding`).
 
-        With `adaptor_collapse_repeats`, a silent frame (`silent_frames`) reads `blank_embedding` alone:
-        the LLM then sees each CTC segment once, as best-path CTC decoding would collapse it, while the
-        frame count N stays the processor's.
+        A silent frame (`silent_frames`) reads `blank_embedding` alone: the LLM then sees each CTC segment
+        once, as best-path CTC decoding would collapse it, while the frame count N stays the processor's.
         """
         probs = (logits / self.temperature).softmax(-1)
         blank = probs[..., self.blank_id : self.blank_id + 1]
         embeddings = token_embeddings.float().index_fill(0, torch.tensor([self.blank_id], device=probs.device), 0.0)
         mixed = probs @ embeddings + blank * self.blank_embedding.float()
-        if not self.collapse_repeats:
-            return mixed
         silent = self.silent_frames(logits).unsqueeze(-1)
         return torch.where(silent, self.blank_embedding.float().expand_as(mixed), mixed)
 
     def forward(self, encoder_states: torch.Tensor, token_embeddings: torch.Tensor | None = None,
                 return_silent_frames: bool = False):
         """(B, T_enc, d_enc) → (B, N, d_llm) frames the LLM reads, N = ⌊T_enc / k⌋; with
-        `return_silent_frames`, (frames, (B, N) bool silent frames or None unless the embedding
-        mixture collapses repeats).
+        `return_silent_frames`, (frames, (B, N) bool silent frames, None for "linear").
 
-        `token_embeddings` (V, d_llm), the LLM's input embedding matrix, is required for "embedding_mixture".
+        `token_embeddings` (V, d_llm), the LLM's input embedding matrix, is required for "ctc_embedding_mixture".
         """
         projected = self.project(encoder_states)
-        silent = None
-        if self.output_mode == "linear":
-            frames = projected
-        else:
-            if token_embeddings is None:
-                raise ValueError("adaptor_output='embedding_mixture' needs the LLM's token embeddings (V, d_llm)")
-            logits = self.token_logits(projected, token_embeddings)
-            silent = self.silent_frames(logits) if self.collapse_repeats else None
-            frames = self.mixture(logits, token_embeddings).to(projected.dtype)
-        return (frames, silent) if return_silent_frames else frames
+        if self.adaptor_type == "linear":
+            return (projected, None) if return_silent_frames else projected
+        if token_embeddings is None:
+            raise ValueError("adaptor_type='ctc_embedding_mixture' needs the LLM's token embeddings (V, d_llm)")
+        logits = self.token_logits(projected, token_embeddings)
+        frames = self.mixture(logits, token_embeddings).to(projected.dtype)
+        return (frames, self.silent_frames(logits)) if return_silent_frames else frames
 
 
 @dataclass
 class SpeechLlamaCausalLMOutput(CausalLMOutputWithPast):
     """`CausalLMOutputWithPast` plus `speech_embeds` (ΣN, d_llm), the adaptor outputs that were merged, and,
-    when silent frames were masked (`adaptor_mask_silent_frames`), `attention_mask` (B, L_past + L): the
+    when silent frames were masked ("ctc_embedding_mixture"), `attention_mask` (B, L_past + L): the
     mask the LLM attended with, which later decoding steps extend."""
 
     speech_embeds: torch.FloatTensor | None = None
@@ -261,7 +251,7 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
 
     def get_speech_frames(self, input_features: torch.Tensor,
                           input_features_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`get_speech_features` plus (ΣN_i,) bool silent frames (None when the adaptor marks none)."""
+        """`get_speech_features` plus (ΣN_i,) bool silent frames (None for "linear", which marks none)."""
         if input_features.dim() != 3:
             raise ValueError(f"input_features must be (batch, n_mels, frames), got shape {tuple(input_features.shape)}")
         n_mels = self.config.encoder_config.num_mel_bins
@@ -307,7 +297,7 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         from `speech_embeds` (ΣN, d_llm) with `speech_silent_frames` (ΣN,) bool or None, e.g. the
         adaptor applied to cached encoder states.
         Returns (inputs_embeds, speech_embeds or None, placeholder_mask (B, L), silent_mask (B, L) or None):
-        `silent_mask` marks the placeholders whose frame is silent when `adaptor_mask_silent_frames` is set.
+        `silent_mask` marks the placeholders whose frame is silent ("ctc_embedding_mixture" only).
         """
         inputs_embeds = self.get_input_embeddings()(input_ids)
         silent = speech_silent_frames
@@ -318,12 +308,14 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         elif silent is not None and (speech_embeds is None or silent.shape != speech_embeds.shape[:1]):
             raise ValueError(f"speech_silent_frames must be (ΣN,) = {tuple(speech_embeds.shape[:1]) if speech_embeds is not None else '(0,)'}"
                              f" like speech_embeds' first dimension, got shape {tuple(silent.shape)}")
+        elif silent is not None and self.config.adaptor_type == "linear":
+            raise ValueError("speech_silent_frames given, but adaptor_type='linear' marks no silent frames")
         placeholder_mask = self.get_placeholder_mask(input_ids, speech_embeds)
         silent_mask = None
         if speech_embeds is not None:
             scatter_mask = placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
             inputs_embeds = inputs_embeds.masked_scatter(scatter_mask, speech_embeds.to(inputs_embeds.dtype))
-            if silent is not None and getattr(self.config, "adaptor_mask_silent_frames", False):
+            if silent is not None:
                 silent_mask = torch.zeros_like(placeholder_mask).masked_scatter(placeholder_mask, silent)
         return inputs_embeds, speech_embeds, placeholder_mask, silent_mask
 
@@ -403,7 +395,8 @@ class SpeechLlamaForCausalLM(SpeechLlamaPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones(silent_mask.shape, dtype=torch.long, device=silent_mask.device)
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
-            raise ValueError("adaptor_mask_silent_frames needs a 2-D attention_mask (batch, length) or None")
+            raise ValueError("adaptor_type='ctc_embedding_mixture' masks silent frames: it needs a 2-D attention_mask "
+                             "(batch, length) or None")
         kept = torch.ones_like(attention_mask, dtype=torch.bool)
         kept[:, -silent_mask.shape[1]:] = ~silent_mask
         return attention_mask * kept.to(attention_mask.dtype)

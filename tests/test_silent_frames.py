@@ -1,4 +1,4 @@
-"""`adaptor_mask_silent_frames`: silent speech frames leave the LLM's sequence (no attention, no position)."""
+"""`adaptor_type="ctc_embedding_mixture"`: silent speech frames leave the LLM's sequence (no attention, no position)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import torch
 from helpers import noise_clip
 from transformers import AutoModelForCausalLM
 
-from modeling_speech_llama import SpeechLlamaConfig, SpeechLlamaForCausalLM
+from modeling_speech_llama import SpeechLlamaForCausalLM
 from speech_llama.batching import continuous_greedy_answers
 from speech_llama.build import BuildInfo, save_model_folder
 from speech_llama.prompts import qa_inputs, qa_prompt
 
-MIXTURE = {"adaptor_output": "embedding_mixture", "adaptor_collapse_repeats": True}
+MIXTURE = {"adaptor_type": "ctc_embedding_mixture"}
 
 
 def every_third_frame_speaks(adaptor) -> None:
@@ -26,7 +26,7 @@ def every_third_frame_speaks(adaptor) -> None:
 
 
 def masked_model(model_dir, **config):
-    model = SpeechLlamaForCausalLM.from_pretrained(model_dir, **MIXTURE, adaptor_mask_silent_frames=True, **config).eval()
+    model = SpeechLlamaForCausalLM.from_pretrained(model_dir, **MIXTURE, **config).eval()
     every_third_frame_speaks(model.adaptor)
     return model
 
@@ -39,21 +39,16 @@ def compacted_embeddings(model, inputs, row: int = 0) -> torch.Tensor:
     return embeds[row, keep][None]
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [{"adaptor_mask_silent_frames": True},
-     {"adaptor_mask_silent_frames": True, "adaptor_output": "embedding_mixture", "speech_token_id": 5},
-     {"adaptor_mask_silent_frames": True, "adaptor_collapse_repeats": True}],
-)
-def test_masking_needs_a_mixture_that_marks_silent_frames(settings):
-    with pytest.raises(ValueError, match="adaptor_mask_silent_frames=True needs adaptor_output='embedding_mixture'"):
-        SpeechLlamaConfig(**settings)
-
-
-def test_masking_set_through_from_pretrained_is_checked(tiny_model_dir):
-    with pytest.raises(ValueError, match="adaptor_mask_silent_frames=True needs"):
-        SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, adaptor_output="embedding_mixture",
-                                               adaptor_mask_silent_frames=True)
+def test_linear_adaptor_masks_nothing(tiny):
+    model, processor = tiny
+    inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.3)], sampling_rate=16000)
+    with torch.no_grad():
+        output = model(**inputs)
+        frames = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
+    assert output.attention_mask is None
+    with pytest.raises(ValueError, match="speech_silent_frames given, but adaptor_type='linear' marks no silent frames"):
+        model(input_ids=inputs["input_ids"], speech_embeds=frames,
+              speech_silent_frames=torch.zeros(frames.shape[0], dtype=torch.bool))
 
 
 def test_forward_reads_the_sequence_without_its_silent_frames(tiny, tiny_model_dir):
@@ -73,14 +68,24 @@ def test_forward_reads_the_sequence_without_its_silent_frames(tiny, tiny_model_d
 
 def test_masked_frames_change_the_answer_logits(tiny, tiny_model_dir):
     _, processor = tiny
-    masked = masked_model(tiny_model_dir)
-    unmasked = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, **MIXTURE).eval()
-    every_third_frame_speaks(unmasked.adaptor)
+    model = masked_model(tiny_model_dir)
     inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.3)], sampling_rate=16000)
     with torch.no_grad():
-        masked_output, unmasked_output = masked(**inputs), unmasked(**inputs)
-    assert unmasked_output.attention_mask is None
-    assert (masked_output.logits[0, -1] - unmasked_output.logits[0, -1]).abs().max() > 1e-3
+        masked_output = model(**inputs)
+        embeds, _, _, _ = model.merge_speech_embeddings(
+            inputs["input_ids"], inputs["input_features"], inputs["input_features_mask"])
+        attending_all = model._mask_speech_logit(
+            model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits)
+    assert (masked_output.logits[0, -1] - attending_all[0, -1]).abs().max() > 1e-3
+
+
+def test_masking_needs_a_2d_attention_mask(tiny, tiny_model_dir):
+    _, processor = tiny
+    model = masked_model(tiny_model_dir)
+    inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.3)], sampling_rate=16000)
+    length = inputs["input_ids"].shape[1]
+    with pytest.raises(ValueError, match="masks silent frames: it needs a 2-D attention_mask"):
+        model(**{**inputs, "attention_mask": torch.ones(1, 1, length, length)})
 
 
 def test_generate_and_continuous_batching_decode_as_the_compacted_prompt(tiny, tiny_model_dir):
@@ -101,13 +106,17 @@ def test_generate_and_continuous_batching_decode_as_the_compacted_prompt(tiny, t
 
 def test_the_setting_round_trips_as_remote_code(tiny, tiny_model_dir, tmp_path):
     _, processor = tiny
-    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, **MIXTURE, adaptor_mask_silent_frames=True).eval()
+    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, **MIXTURE).eval()
+    inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.0, seed=3)], sampling_rate=16000)
+    with torch.no_grad():  # point the blank at frame 2, so the saved adaptor itself marks a silent frame
+        states = model.encoder(inputs["input_features"], inputs["input_features_mask"])
+        model.adaptor.blank_query.copy_(model.adaptor.project(states)[0, 2])
     folder = save_model_folder(model, processor, tmp_path / "masked", BuildInfo(llm="tiny", encoder="tiny"))
     loaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     assert "transformers_modules" in type(loaded).__module__
-    assert loaded.config.adaptor_mask_silent_frames is True
-    inputs = processor(text=[qa_prompt(processor, speech=True)], audio=[noise_clip(1.0, seed=3)], sampling_rate=16000)
+    assert loaded.config.adaptor_type == "ctc_embedding_mixture"
     with torch.no_grad():
         expected, got = model(**inputs), loaded(**inputs)
+    assert (expected.attention_mask == 0).any()
     assert torch.equal(got.attention_mask, expected.attention_mask)
     torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=0)

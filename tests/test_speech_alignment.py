@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torch.nn.functional as F
 from helpers import noise_clip
 
 import speech_llama.batching as batching
@@ -34,15 +35,22 @@ TEXTS = ["The cat sat on the mat.", "A dog ran home.", "Bees make honey.", "Rive
          "Who wrote Hamlet?", "Birds fly south.", "Name a red fruit.", "The sun is hot."]
 
 
-def fresh(model_dir, mode: str = "embedding_mixture"):
-    return SpeechLlamaForCausalLM.from_pretrained(model_dir, adaptor_output=mode).eval()
+def fresh(model_dir, adaptor_type: str = "ctc_embedding_mixture"):
+    # The folder holds no blank parameters: seeded, so every fresh model starts from the same ones,
+    # as a model loaded from one folder would.
+    torch.manual_seed(0)
+    return SpeechLlamaForCausalLM.from_pretrained(model_dir, adaptor_type=adaptor_type).eval()
+
+
+def blank_frame(model) -> torch.Tensor:
+    """A frame the vocabulary head reads as the CTC blank: `blank_query`, the direction it scores the blank by."""
+    return model.adaptor.blank_query.detach()
 
 
 def spelled(model, tokens: list[int]) -> np.ndarray:
-    """(2·len, d_llm) frames: each token's embedding row, then the blank's (pass with an identity project)."""
+    """(2·len, d_llm) frames: each token's embedding row, then the blank (pass with an identity project)."""
     embeddings = model.get_input_embeddings().weight.detach()
-    blank = model.config.speech_token_id
-    return torch.stack([embeddings[i] for token in tokens for i in (token, blank)]).numpy()
+    return torch.stack([frame for token in tokens for frame in (embeddings[token], blank_frame(model))]).numpy()
 
 
 def identity_projection(model, monkeypatch) -> None:
@@ -71,7 +79,7 @@ def test_ctc_loss_uses_speech_token_as_blank_and_ignores_padding(tiny, tiny_mode
     identity_projection(model, monkeypatch)
     cat, sat = (processor.tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in (" cat", " sat"))
     embeddings = model.get_input_embeddings().weight.detach()
-    blank = embeddings[model.config.speech_token_id]
+    blank = blank_frame(model)
     generator = torch.Generator().manual_seed(0)
     states = torch.stack([
         torch.stack([embeddings[cat], embeddings[cat], blank, embeddings[sat], embeddings[sat]]),
@@ -96,12 +104,18 @@ def test_linear_mode_adds_the_norm_term_over_real_frames(tiny_model_dir, monkeyp
     generator = torch.Generator().manual_seed(1)
     states = torch.randn(2, 6, mixture.config.text_config.hidden_size, generator=generator)
     counts, targets, lengths = [6, 4], torch.tensor([[11, 12], [13, 0]]), torch.tensor([2, 1])
-    ctc = ctc_loss_from_states(mixture, states, counts, targets, lengths)
+
+    def ctc_alone(model):
+        log_probs = model.adaptor.token_logits(states, model.get_input_embeddings().weight.detach()).log_softmax(-1)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, torch.tensor(counts), lengths,
+                          blank=model.config.speech_token_id, zero_infinity=True)
+
+    assert torch.equal(ctc_loss_from_states(mixture, states, counts, targets, lengths), ctc_alone(mixture))
     total = ctc_loss_from_states(linear, states, counts, targets, lengths)
     r = linear.get_input_embeddings().weight.norm(dim=-1).mean()
     real = torch.cat([states[0, :6], states[1, :4]])
     expected_norm_term = ((real.norm(dim=-1) / r - 1) ** 2).mean()
-    torch.testing.assert_close(total - ctc, expected_norm_term.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(total - ctc_alone(linear), expected_norm_term.detach(), atol=1e-5, rtol=1e-5)
     assert float(expected_norm_term.detach()) > 0.1  # the term is really there
 
 

@@ -22,7 +22,7 @@ def clips(model) -> list[CachedClip]:
 
 def test_pair_shares_the_response_and_expands_speech(tiny_model_dir):
     _, processor = load_model(tiny_model_dir)
-    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, adaptor_output="embedding_mixture")
+    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, adaptor_type="ctc_embedding_mixture")
     clip = clips(model)[0]
     text_ids, speech_ids, n = _pair(processor, clip, "William Shakespeare.", model.config.adaptor_downsample)
     assert n > 0 and text_ids[-n:] == speech_ids[-n:]
@@ -32,7 +32,7 @@ def test_pair_shares_the_response_and_expands_speech(tiny_model_dir):
 
 def test_distill_trains_only_the_adaptor_and_resumes(tiny_model_dir, tmp_path):
     _, processor = load_model(tiny_model_dir)
-    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, adaptor_output="embedding_mixture")
+    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, adaptor_type="ctc_embedding_mixture")
     llm_before = {k: v.clone() for k, v in model.language_model.state_dict().items()}
     adaptor_before = model.adaptor.linear_1.weight.detach().clone()
     data = clips(model)
@@ -55,9 +55,7 @@ def test_student_logits_equal_the_models_forward_with_silent_frames_masked(tiny_
     from alignment.distillation import _response_logits
 
     _, processor = load_model(tiny_model_dir)
-    model = SpeechLlamaForCausalLM.from_pretrained(
-        tiny_model_dir, adaptor_output="embedding_mixture", adaptor_collapse_repeats=True,
-        adaptor_mask_silent_frames=True).eval()
+    model = SpeechLlamaForCausalLM.from_pretrained(tiny_model_dir, adaptor_type="ctc_embedding_mixture").eval()
     every_other = lambda logits: torch.arange(logits.shape[1]).expand(logits.shape[:2]) % 2 == 1  # noqa: E731
     model.adaptor.silent_frames = every_other
     data = clips(model)[:2]
