@@ -1,4 +1,4 @@
 """The speech-llama library: records, audio, file io, model builds and presets, offline weights,
 TTS, prompts and generation, batching, collation, perplexity, the eval runner and command dispatch
-(see the README, "Layout"). It imports only `modeling_speech_llama` and `evaluate_metrics`.
+(see the README, "Project layout"). It imports only `modeling_speech_llama` and `evaluate_metrics`.
 """
