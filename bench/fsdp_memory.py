@@ -1,6 +1,6 @@
-"""Peak memory per rank: one process vs two FSDP2 processes (gloo, CPU), against the README's memory model.
+"""Peak memory per rank: one process vs two FSDP2 processes (gloo, CPU), against the memory model of docs/training.md.
 
-    python bench/fsdp_memory.py [--model runs/offline-mini] [--records 16] [--steps 2] [--only importance|train]
+    python bench/fsdp_memory.py [--model runs/offline-mini] [--records 16] [--steps 2] [--only importance|train] [--smoke]
 
 Method
 - Model: offline-mini (SmolLM2-135M-Instruct + Whisper tiny.en encoder, 148 M parameters, fp32),
@@ -44,6 +44,7 @@ DEFAULT_MODEL = REPO / "runs" / "offline-mini"
 QA_DATA = REPO / "data" / "general_knowledge_qa.jsonl"
 FSDP_CONFIG = REPO / "trainers" / "configs" / "accelerate" / "fsdp_cpu.yaml"
 MB = 1e6
+SMOKE_RECORDS = 4
 
 # Runs `trainers.run.main` (argv from the command line) and writes this rank's memory to OUT.
 TRAIN_WRAPPER = """
@@ -203,7 +204,7 @@ def architecture_counts(hidden: int, layers: int, ffn: int, kv: int, vocab: int,
 
 
 def gpu_table(ranks: int = 8) -> dict:
-    """GB per GPU (10^9 bytes, activations not included) for the README: bf16 weights, fp32 accumulators /
+    """GB per GPU (10^9 bytes, activations not included) for docs/training.md: bf16 weights, fp32 accumulators /
     master weights + AdamW, one process (DDP: every GPU holds this) vs FSDP2 over ``ranks`` GPUs."""
     from speech_llama.fsdp import memory_per_rank
 
@@ -228,32 +229,51 @@ def gpu_table(ranks: int = 8) -> dict:
     return table
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--records", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--model", type=Path, help="model folder (default runs/offline-mini, built when missing; "
+                                                   "--smoke: tiny-random in a temporary folder)")
+    parser.add_argument("--records", type=int, help=f"records for importance (default 16; --smoke: {SMOKE_RECORDS})")
+    parser.add_argument("--steps", type=int, help="training steps (default 2; --smoke: 1)")
     parser.add_argument("--only", choices=("importance", "train"))
-    parser.add_argument("--table", type=int, metavar="R", help="print the README's 8B / 70B table for R GPUs and exit")
-    args = parser.parse_args()
+    parser.add_argument("--table", type=int, metavar="R", help="print docs/training.md's 8B / 70B table for R GPUs and exit")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the same runs on tiny-random, 4 records, 1 step; without --only, importance and Layer-LR "
+                             "training (LoRA: --only train) (for tests)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.table:
         print(json.dumps(gpu_table(args.table), indent=1))
         return
-    if not (args.model / "config.json").is_file():
-        from speech_llama.presets import build_offline_mini
-
-        build_offline_mini(args.model)
-    counts = model_counts(args.model)
-    report: dict = {"model": str(args.model), "counts": counts}
+    if args.records is None:
+        args.records = SMOKE_RECORDS if args.smoke else 16
+    if args.steps is None:
+        args.steps = 1 if args.smoke else 2
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
+        if args.model is None and args.smoke:
+            from speech_llama.presets import build_tiny_random
+
+            args.model = build_tiny_random(work / "tiny-random")
+        args.model = args.model or DEFAULT_MODEL
+        if not (args.model / "config.json").is_file():
+            from speech_llama.presets import build_offline_mini
+
+            build_offline_mini(args.model)
+        counts = model_counts(args.model)
+        label = "tiny-random" if args.model == work / "tiny-random" else str(args.model)
+        report: dict = {"model": label, "counts": counts}
         if args.only in (None, "importance"):
             measured = measure_importance(args.model, work, args.records)
             report["importance"] = {**measured, "model_one_process": predicted("importance", counts, 1),
                                     "model_fsdp_rank": predicted("importance", counts, 2)}
             print(json.dumps({"importance": report["importance"]}), flush=True)
         if args.only in (None, "train"):
-            for method in ("layer_lr", "lora"):
+            # --smoke: Layer-LR only (LoRA runs the same launches with another config)
+            for method in ("layer_lr",) if args.smoke and args.only is None else ("layer_lr", "lora"):
                 # the offline-mini LoRA config has r 16 (what model_counts assumes)
                 measured = measure_training(args.model, work, method, args.steps)
                 report[method] = {**measured, "model_one_process": predicted(method, counts, 1),

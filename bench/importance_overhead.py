@@ -1,6 +1,6 @@
 """Overhead of importance estimation over a plain forward/backward, on the same batches.
 
-    python bench/importance_overhead.py [--model runs/offline-mini] [--batches 3] [--batch-size 4] [--rounds 3]
+    python bench/importance_overhead.py [--model runs/offline-mini] [--batches 3] [--batch-size 4] [--rounds 3] [--smoke]
 
 Method
 - Model: the given folder (default `runs/offline-mini` when it exists), else a mid-size random
@@ -47,19 +47,20 @@ sys.path.insert(0, str(REPO))  # run from a checkout without reinstalling
 from importance.estimate import (  # noqa: E402
     ImportanceAccumulator,
     analysed_only,
-    differentiable_response_nll,
     estimate_importance,
     select_parameters,
 )
+from speech_llama.perplexity import response_nll  # noqa: E402
 
 DEFAULT_MODEL = REPO / "runs" / "offline-mini"
 QA_DATA = REPO / "data" / "general_knowledge_qa.jsonl"
 RANDOM_LLAMA_PARAMS = r"^model\.layers\."
+VOCAB = 32000
 
 
-def load(model_arg: str | None, device: str):
-    """(model, analysed params) — the model folder, or a random mid-size LLaMA."""
-    if model_arg != "random" and Path(model_arg or DEFAULT_MODEL).is_dir():
+def load(model_arg: str | None, device: str, smoke: bool = False):
+    """(model, analysed params) — the model folder, or a random mid-size LLaMA (--smoke: a tiny one)."""
+    if not smoke and model_arg != "random" and Path(model_arg or DEFAULT_MODEL).is_dir():
         from speech_llama.generate import load_model
 
         model, processor = load_model(model_arg or DEFAULT_MODEL)
@@ -68,10 +69,21 @@ def load(model_arg: str | None, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                          num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True)
+    if smoke:
+        config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     model = LlamaForCausalLM(config).to(device).eval()
     return model, None, select_parameters(model, RANDOM_LLAMA_PARAMS)
+
+
+def model_label(args) -> str:
+    if args.smoke:
+        return "random-llama-2x64 (smoke)"
+    if args.model != "random" and Path(args.model or DEFAULT_MODEL).is_dir():
+        return str(args.model or DEFAULT_MODEL)
+    return "random-llama-8x512"
 
 
 def make_batches(processor, count: int, batch_size: int) -> list[tuple[int, int, dict]]:
@@ -86,7 +98,7 @@ def make_batches(processor, count: int, batch_size: int) -> list[tuple[int, int,
     generator = torch.Generator().manual_seed(0)
     batches = []
     for index in range(count):
-        input_ids = torch.randint(0, 32000, (batch_size, 64), generator=generator)
+        input_ids = torch.randint(0, VOCAB, (batch_size, 64), generator=generator)
         labels = torch.full_like(input_ids, -100)
         labels[:, -16:] = input_ids[:, -16:]
         batches.append((index, batch_size, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}))
@@ -96,7 +108,7 @@ def make_batches(processor, count: int, batch_size: int) -> list[tuple[int, int,
 def plain_steps(model, batches, params) -> None:
     with analysed_only(model, params):
         for _, _, batch in batches:
-            loss_sum, _ = differentiable_response_nll(model, batch)
+            loss_sum, _ = response_nll(model, batch)
             loss_sum.backward()
             for param in params.values():
                 param.grad = None
@@ -131,7 +143,7 @@ def _peak_bytes(reset_worked: bool) -> int:
 def measure_memory(args) -> None:
     """Child process: one mode, print its peak memory (bytes) as JSON."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, processor, params = load(args.model, device)
+    model, processor, params = load(args.model, device, args.smoke)
     batches = make_batches(processor, args.batches, args.batch_size)
     MODES[args.measure](model, batches[:1], params)  # warm-up: lazy allocations, thread pools
     if device == "cuda":
@@ -151,6 +163,8 @@ def child_peak(mode: str, args) -> dict:
     command = [sys.executable, __file__, "--measure", mode, "--batches", str(args.batches), "--batch-size", str(args.batch_size)]
     if args.model:
         command += ["--model", args.model]
+    if args.smoke:
+        command += ["--smoke"]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"memory child ({mode}) failed:\n{completed.stderr[-3000:]}")
@@ -161,7 +175,7 @@ def child_peak(mode: str, args) -> dict:
 
 
 def _one_step(model, batch) -> None:
-    loss_sum, _ = differentiable_response_nll(model, batch)
+    loss_sum, _ = response_nll(model, batch)
     loss_sum.backward()
 
 
@@ -218,20 +232,29 @@ def hook_arithmetic_seconds(params, repeats: int = 5) -> float:
     return best
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder, or 'random' (default: runs/offline-mini if built, else random)")
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", type=int, help="default 3 (--smoke: 2)")
+    parser.add_argument("--batch-size", type=int, help="default 4 (--smoke: 2)")
+    parser.add_argument("--rounds", type=int, help="default 3 (--smoke: 2)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the same measurements on a tiny random LLaMA (2 layers, hidden 64), in seconds (for tests)")
     parser.add_argument("--measure", choices=sorted(MODES), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    for name, full, smoke in (("batches", 3, 2), ("batch_size", 4, 2), ("rounds", 3, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
     if args.measure:
         measure_memory(args)
         return
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, processor, params = load(args.model, device)
+    model, processor, params = load(args.model, device, args.smoke)
     batches = make_batches(processor, args.batches, args.batch_size)
     analysed_bytes = 4 * sum(p.numel() for p in params.values())
     seconds = measure_time(model, batches, params, args.rounds)
@@ -244,7 +267,7 @@ def main() -> None:
     report = {
         "time_ratio": statistics.median(paired),
         "memory_ratio": (peaks["importance"]["peak"] - peaks["plain"]["peak"]) / analysed_bytes,
-        "model": "random-llama-8x512" if processor is None else str(args.model or DEFAULT_MODEL),
+        "model": model_label(args),
         "device": device,
         "analysed_parameters": analysed_bytes // 4,
         "analysed_fp32_bytes": analysed_bytes,

@@ -5,7 +5,7 @@ Both arms train the same model on the same fixed speech batch; they differ only 
 each layer_lr step is compared with the full step next to it (the median of these paired ratios),
 so that bursts of load from other jobs on a shared machine hit both arms of a pair alike.
 
-    python bench/layer_lr_overhead.py [--model runs/offline-mini] [--steps 8] [--batch 4]
+    python bench/layer_lr_overhead.py [--model runs/offline-mini] [--steps 8] [--batch 4] [--smoke]
 
 The last line is JSON: {"step_time_ratio": layer_lr / full, ...}; the target is <= 1.02.
 """
@@ -37,21 +37,31 @@ TARGET = 1.02
 DEFAULT_MODEL = REPO / "runs" / "offline-mini"
 
 
-def parse() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help=f"SpeechLlama folder (default: {DEFAULT_MODEL} if built, else tiny-random)")
-    parser.add_argument("--steps", type=int, default=12, help="measured steps per arm")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per arm first")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of each (noise) clip")
-    return parser.parse_args()
+    parser.add_argument("--steps", type=int, help="measured steps per arm (default 12; --smoke: 2)")
+    parser.add_argument("--warmup", type=int, help="unmeasured steps per arm first (default 2; --smoke: 1)")
+    parser.add_argument("--batch", type=int, help="default 2 (--smoke: 1)")
+    parser.add_argument("--seconds", type=float, help="length of each (noise) clip (default 2.0; --smoke: 1.0)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the same comparison on tiny-random (built in a temporary folder) at tiny sizes, in seconds (for tests)")
+    return parser
 
 
-def model_dir(requested: Path | None, scratch: Path) -> tuple[Path, str]:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    options = build_parser().parse_args(argv)
+    for name, full, smoke in (("steps", 12, 2), ("warmup", 2, 1), ("batch", 2, 1), ("seconds", 2.0, 1.0)):
+        if getattr(options, name) is None:
+            setattr(options, name, smoke if options.smoke else full)
+    return options
+
+
+def model_dir(requested: Path | None, scratch: Path, smoke: bool = False) -> tuple[Path, str]:
     """The model folder to measure and a label for it."""
     if requested is not None:
         return requested, str(requested)
-    if (DEFAULT_MODEL / "config.json").is_file():
+    if not smoke and (DEFAULT_MODEL / "config.json").is_file():
         return DEFAULT_MODEL, "offline-mini"
     from speech_llama.presets import build_tiny_random
 
@@ -102,7 +112,7 @@ def main() -> dict:
     options = parse()
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        folder, label = model_dir(options.model, scratch)
+        folder, label = model_dir(options.model, scratch, options.smoke)
         model, processor = load_model(folder)
         model.train()
         num_layers = model.config.text_config.num_hidden_layers

@@ -7,7 +7,7 @@ folded into an end-to-end rate, so both the steady rate and what a short run see
 The last line printed is JSON: {"questions_per_s": ..., "end_to_end_questions_per_s": ...,
 "startup_s": ..., "target": 5, "ok": ...}; `ok` judges the steady rate.
 
-    python bench/synthesize.py [--n 40]
+    python bench/synthesize.py [--n 36] [--smoke]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from speech_llama.synthesize import synthesize_records, synthesize_text  # noqa:
 from speech_llama.tts import tts_voice  # noqa: E402
 
 TARGET_QUESTIONS_PER_S = 5.0
+SMOKE_N = 3
 
 SUBJECTS = [
     "the capital of Australia", "the largest desert on Earth", "the author of Pride and Prejudice",
@@ -43,10 +44,17 @@ def benchmark_questions(count: int) -> list[dict]:
     return [{"question": q, "answer": "n/a"} for q in questions[:count]]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=36, help="questions to synthesise (≥ 30)")
-    args = parser.parse_args()
+    parser.add_argument("--n", type=int, help=f"questions to synthesise (≥ 30; default 36, --smoke: {SMOKE_N})")
+    parser.add_argument("--smoke", action="store_true", help=f"the same run on {SMOKE_N} questions, in seconds (for tests)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n is None:
+        args.n = SMOKE_N if args.smoke else 36
 
     start = time.perf_counter()
     tts_voice()

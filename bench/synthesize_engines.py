@@ -7,7 +7,7 @@ reproduction speaks ~1 200 prompts with `festival-slt` (held-out sets) and the t
 Piper voices, whose noise is drawn unseeded, so only its speed is compared).
 The last line printed is JSON: {"<voice>_speedup": ..., ..., "same_audio": ..., "target": 2.0, "ok": ...}.
 
-    python bench/synthesize_engines.py [--n 32]
+    python bench/synthesize_engines.py [--n 32] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from speech_llama.audio import read_wav  # noqa: E402
 from synthesize import benchmark_questions  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 TARGET_SPEEDUP = 2.0
+SMOKE_N, SMOKE_CHUNK = 4, 2  # --smoke: two chunks per voice, one per worker
 VOICES = ("festival-slt", synthesize.TRAINING_MIX)
 
 
@@ -43,12 +44,21 @@ def same_audio(first: Path, second: Path) -> bool:
     return all(np.array_equal(read_wav(wav), read_wav(second / "audio" / wav.name)) for wav in wavs)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=32, help="questions per voice")
-    args = parser.parse_args()
+    parser.add_argument("--n", type=int, help=f"questions per voice (default 32; --smoke: {SMOKE_N})")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"the same comparison on {SMOKE_N} questions in chunks of {SMOKE_CHUNK}, in seconds (for "
+                             "tests); exits 0 unless the audio differs (the speed target needs the full size)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n is None:
+        args.n = SMOKE_N if args.smoke else 32
     records = benchmark_questions(args.n)
-    chunked = synthesize.SYNTHESIS_CHUNK
+    chunked = SMOKE_CHUNK if args.smoke else synthesize.SYNTHESIS_CHUNK
     result, identical = {"n": args.n, "chunk": chunked}, True
     for voice in VOICES:
         synthesize.check_voice(voice)
@@ -62,7 +72,12 @@ def main() -> int:
     speedups = [result[f"{voice}_speedup"] for voice in VOICES]
     result.update({"same_audio": identical, "target": TARGET_SPEEDUP,
                    "ok": identical and min(speedups) >= TARGET_SPEEDUP})
+    for voice in VOICES:
+        print(f"{voice}: one by one {result[f'{voice}_one_by_one_s']} s, chunks of {chunked} in 2 workers "
+              f"{result[f'{voice}_chunked_s']} s, speedup {result[f'{voice}_speedup']}x")
     print(json.dumps(result))
+    if args.smoke:
+        return 0 if identical else 1
     return 0 if result["ok"] else 1
 
 
