@@ -32,6 +32,14 @@ def _umask() -> int:
     return mask
 
 
+def give_usual_modes(folder: str | os.PathLike) -> None:
+    """Every file under `folder` readable as the umask allows (0644 under 022): libraries that write
+    through `mkstemp` (safetensors' save among them) leave 0600, which other users cannot read."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(temp_path)`` on a temporary sibling of ``path`` and rename it into place.
 

@@ -286,3 +286,19 @@ def test_fresh_adaptor_is_seeded_so_builds_repeat(tmp_path):
     adaptor = [name for name in first if name.startswith("adaptor.")]
     assert adaptor and all(torch.equal(first[name], second[name]) for name in adaptor)
     assert not torch.equal(first["language_model.model.embed_tokens.weight"], second["language_model.model.embed_tokens.weight"])
+
+
+def test_built_folders_are_readable_by_other_users(tmp_path):
+    """safetensors writes through mkstemp (0600); a model folder is for sharing, so every file gets the umask's mode."""
+    import os
+    import stat
+
+    from speech_llama.presets import build_tiny_random
+
+    old = os.umask(0o022)
+    try:
+        folder = build_tiny_random(tmp_path / "tiny")
+    finally:
+        os.umask(old)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from speech_llama.build import BuildInfo, ensure_auto_map, save_model_folder
+from speech_llama.files import give_usual_modes
 
 from .lora import load_adapted, merge_lora
 
@@ -157,6 +158,7 @@ def _staging(target: Path, trainer) -> Path:
 
 
 def _replace(staging: Path, target: Path) -> None:
+    give_usual_modes(staging)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from speech_llama.files import give_usual_modes
+
 CACHE_ENV_VAR = "SPEECH_LLAMA_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/speech-llama")
 
@@ -99,6 +101,7 @@ def build_atomically(final_dir: Path, build: Callable[[Path], None], *, replace:
     tmp_dir.mkdir()
     try:
         build(tmp_dir)
+        give_usual_modes(tmp_dir)
         if final_dir.exists() and replace:
             _move_aside_and_delete(final_dir)
         try:
