@@ -1,7 +1,7 @@
 """Planned clips → 16 kHz wavs and the frozen encoder's states, one pair of files per clip.
 
 The plan is a pure function of the texts and the seed (which voice, tempo, reverberation, noise
-and gain each clip gets), so a restarted build makes the same clips. A clip is done when both
+and gain each clip gets), so a restarted build makes the same clips. A clip counts as made once both
 its wav and its `.npy` encoder states exist; each is written atomically, so a kill -9 leaves
 complete files or none, and a restart does only what is missing. The encoder is frozen: its
 output, (⌈T_mel / 2⌉, d_enc) in fp16, is computed once here and read by every epoch of the

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from alignment.preset import ALIGNED_ADAPTOR, ALIGNED_NAME, export_aligned
+from speech_llama.build import DTYPES
 from speech_llama.files import atomic_write, atomic_write_json
 
 RELEASES_DIR = Path(__file__).resolve().parent / "releases"
 ADAPTOR_FILE = "adaptor.safetensors"
 MANIFEST_FILE = "manifest.json"
 RELEASE_DTYPE = "bfloat16"
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class ReleaseError(ValueError):

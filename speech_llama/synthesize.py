@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speech_llama.audio import SAMPLE_RATE, read_wav, resample, write_wav
+from speech_llama.audio import SAMPLE_RATE, read_wav, write_wav
 from speech_llama.files import JsonlError, atomic_write_text, read_jsonl_numbered
 from speech_llama.tts import DEFAULT_VOICE, check_engine, speak_many, training_voices, voice_named
 
