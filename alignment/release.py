@@ -12,9 +12,7 @@ model folder. A release whose recipe name is not today's `ALIGNED_NAME` is never
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,16 +20,13 @@ import torch
 
 from alignment.preset import ALIGNED_ADAPTOR, ALIGNED_NAME, export_aligned
 from speech_llama.build import DTYPES
+from speech_llama import release_files
 from speech_llama.files import atomic_write, atomic_write_json
+from speech_llama.release_files import MANIFEST_FILE, ReleaseError, code_version, file_entry
 
 RELEASES_DIR = Path(__file__).resolve().parent / "releases"
 ADAPTOR_FILE = "adaptor.safetensors"
-MANIFEST_FILE = "manifest.json"
 RELEASE_DTYPE = "bfloat16"
-
-
-class ReleaseError(ValueError):
-    """A shipped release is missing a file, fails its checksum, or does not fit the model."""
 
 
 def release_dir(name: str = ALIGNED_NAME) -> Path:
@@ -40,28 +35,7 @@ def release_dir(name: str = ALIGNED_NAME) -> Path:
 
 def release_available(folder: Path | None = None) -> bool:
     """Whether `folder` (default: today's recipe's release) holds a manifest and its adaptor file."""
-    folder = folder or release_dir()
-    return (folder / MANIFEST_FILE).is_file() and (folder / ADAPTOR_FILE).is_file()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def code_version() -> str:
-    """The checkout's commit (with `+dirty` when it has uncommitted changes), or "unknown" outside git."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
+    return release_files.release_available(folder or release_dir(), ADAPTOR_FILE)
 
 
 def write_release(model_dir: Path, summary: dict, out_dir: Path, figures: dict | None = None,
@@ -87,7 +61,7 @@ def write_release(model_dir: Path, summary: dict, out_dir: Path, figures: dict |
         "adaptor_config": ALIGNED_ADAPTOR,
         "dtype": dtype,
         "parameters": sum(tensor.numel() for tensor in adaptor.values()),
-        "files": {ADAPTOR_FILE: {"sha256": sha256_of(out_dir / ADAPTOR_FILE), "bytes": (out_dir / ADAPTOR_FILE).stat().st_size}},
+        "files": {ADAPTOR_FILE: file_entry(out_dir / ADAPTOR_FILE)},
         "summary": summary,
         "figures": figures or {},
     }
@@ -97,31 +71,12 @@ def write_release(model_dir: Path, summary: dict, out_dir: Path, figures: dict |
 
 def read_release(folder: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(adaptor state dict in fp32, manifest) of a release, its checksum verified first."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder or release_dir())
-    manifest_path, adaptor_path = folder / MANIFEST_FILE, folder / ADAPTOR_FILE
-    for path in (manifest_path, adaptor_path):
-        if not path.is_file():
-            raise ReleaseError(f"{path} is missing: the release is incomplete (restore it with git, or rebuild it "
-                               "with `speech-llama build --preset offline-mini-aligned --retrain`)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        expected = manifest["files"][ADAPTOR_FILE]["sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ReleaseError(f"{manifest_path}: not a release manifest ({error})") from None
-    actual = sha256_of(adaptor_path)
-    if actual != expected:
-        raise ReleaseError(f"{adaptor_path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… "
-                           "(a Git LFS pointer or a damaged file?)")
-    if manifest.get("name") != ALIGNED_NAME:
-        raise ReleaseError(f"{manifest_path}: release {manifest.get('name')!r} was built with another recipe than "
-                           f"today's {ALIGNED_NAME!r}")
-    return {name: tensor.float() for name, tensor in load_file(str(adaptor_path)).items()}, manifest
+    return release_files.read_verified(folder or release_dir(), ADAPTOR_FILE, ALIGNED_NAME,
+                                       "speech-llama build --preset offline-mini-aligned --retrain")
 
 
-def assemble_aligned(out_dir: Path, folder: Path | None = None) -> Path:
-    """A complete offline-mini-aligned model folder from a release and the offline base weights."""
+def aligned_model(folder: Path | None = None):
+    """(model, processor, manifest): the offline base weights with a release's adaptor in place."""
     from modeling_speech_llama import SpeechLlamaForCausalLM
     from speech_llama.presets import offline_mini_dir
     from speech_llama.remote_code import load_processor
@@ -137,7 +92,13 @@ def assemble_aligned(out_dir: Path, folder: Path | None = None) -> Path:
     except RuntimeError as error:
         raise ReleaseError(f"{folder or release_dir()}/{ADAPTOR_FILE} does not fit the {summary['recipe']['base_preset']} "
                            f"adaptor: {' '.join(str(error).split())}") from None
-    return export_aligned(model, processor, Path(out_dir), summary, manifest.get("figures"))
+    return model, processor, manifest
+
+
+def assemble_aligned(out_dir: Path, folder: Path | None = None) -> Path:
+    """A complete offline-mini-aligned model folder from a release and the offline base weights."""
+    model, processor, manifest = aligned_model(folder)
+    return export_aligned(model, processor, Path(out_dir), manifest["summary"], manifest.get("figures"))
 
 
 def offline_mini_aligned(out_dir: Path, retrain: bool = False, release_out: Path | None = None) -> Path:
@@ -159,5 +120,5 @@ def offline_mini_aligned(out_dir: Path, retrain: bool = False, release_out: Path
                             replace=True)
 
 
-__all__ = ["ADAPTOR_FILE", "MANIFEST_FILE", "RELEASES_DIR", "ReleaseError", "assemble_aligned", "offline_mini_aligned", "read_release",
-           "release_available", "release_dir", "sha256_of", "write_release"]
+__all__ = ["ADAPTOR_FILE", "MANIFEST_FILE", "RELEASES_DIR", "ReleaseError", "aligned_model", "assemble_aligned", "offline_mini_aligned", "read_release",
+           "release_available", "release_dir", "write_release"]

@@ -1,4 +1,4 @@
-"""`speech-llama build`: a named preset (`speech_llama.presets`, `offline-mini-aligned`) or any LLM + Whisper encoder."""
+"""`speech-llama build`: a named preset (`speech_llama.presets`, the two trained releases) or any LLM + Whisper encoder."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from pathlib import Path
 from speech_llama.build import DTYPES, build_from_pretrained
 from speech_llama.presets import PRESETS as WEIGHT_PRESETS
 from alignment.release import offline_mini_aligned
+from trainers.release import LORA_PRESET, speech_llama_lora_mini
 
-# Presets assembled from shipped weights (speech_llama.presets), plus offline-mini with its aligned
-# adaptor: assembled from the release in the repository, or trained on the cached speech corpus
-# (alignment.release, alignment.preset).
-PRESETS = {**WEIGHT_PRESETS, "offline-mini-aligned": offline_mini_aligned}
+# Presets assembled from shipped weights (speech_llama.presets), plus the two trained releases:
+# offline-mini with its aligned adaptor (alignment.release) and the Stage-1 LoRA model on top of it
+# (trainers.release) — assembled from the files in the repository, or trained again on the cached
+# speech corpus with `--retrain`.
+RELEASED = {"offline-mini-aligned": offline_mini_aligned, LORA_PRESET: speech_llama_lora_mini}
+PRESETS = {**WEIGHT_PRESETS, **RELEASED}
 # Options of --llm/--encoder builds only; a preset fixes its own adaptor and dtype (and refuses them).
 DEFAULTS = {"downsample": 5, "adaptor_hidden": 2048, "dtype": "float32"}
 
@@ -26,17 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptor-hidden", type=int, help=f"adaptor hidden width (default {DEFAULTS['adaptor_hidden']})")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help=f"weights' dtype (default {DEFAULTS['dtype']})")
     parser.add_argument("--retrain", action="store_true",
-                        help="offline-mini-aligned: align the adaptor on the speech corpus with today's recipe (corpus and "
-                             "alignment cached and resumable) instead of assembling the shipped release")
+                        help=f"{' / '.join(RELEASED)}: train the weights on the speech corpus with today's recipe (corpus "
+                             "and training cached and resumable) instead of assembling the shipped release")
     parser.add_argument("--release-out", type=Path,
-                        help="offline-mini-aligned: also write the trained adaptor and its manifest to this folder "
-                             "(implies --retrain; alignment/releases/NAME is the repository's)")
+                        help="with a released preset: also write the trained weights and their manifest to this folder "
+                             "(implies --retrain; alignment/releases/NAME and trainers/releases/NAME are the repository's)")
 
 
 def run(args: argparse.Namespace) -> Path:
     given = [f"--{name.replace('_', '-')}" for name in DEFAULTS if getattr(args, name) is not None]
+    released = " or ".join(f"--preset {name}" for name in RELEASED)
     if not args.preset and (args.retrain or args.release_out is not None):
-        raise ValueError("--retrain / --release-out apply to --preset offline-mini-aligned only")
+        raise ValueError(f"--retrain / --release-out apply to {released} only")
     if args.preset:
         if args.llm or args.encoder:
             raise ValueError("--preset builds its own LLM and encoder; drop --llm/--encoder")
@@ -44,10 +48,10 @@ def run(args: argparse.Namespace) -> Path:
             raise ValueError(f"--preset {args.preset} fixes its adaptor and dtype; drop {'/'.join(given)} "
                              "(or build with --llm and --encoder)")
         retraining = args.retrain or args.release_out is not None
-        if retraining and args.preset != "offline-mini-aligned":
-            raise ValueError(f"--retrain / --release-out apply to --preset offline-mini-aligned only, not {args.preset}")
+        if retraining and args.preset not in RELEASED:
+            raise ValueError(f"--retrain / --release-out apply to {released} only, not {args.preset}")
         if retraining:
-            out = offline_mini_aligned(args.out, retrain=True, release_out=args.release_out)
+            out = RELEASED[args.preset](args.out, retrain=True, release_out=args.release_out)
         else:
             out = PRESETS[args.preset](args.out)
     else:

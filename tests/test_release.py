@@ -13,6 +13,7 @@ from modeling_speech_llama import SpeechLlamaForCausalLM
 from speech_llama import presets
 from speech_llama.generate import load_model
 from speech_llama.prompts import qa_inputs
+from speech_llama.release_files import sha256_of
 
 SUMMARY = {"recipe": {"base_preset": "offline-mini", "speech_instruction": "", "alignment": {"steps": 7, "batch_size": 4}},
            "corpus": {"train": {"clips": 10, "hours": 0.01}}, "dev_ctc_wer": 0.5, "heldout_ctc_wer": 0.6}
@@ -37,7 +38,7 @@ def test_release_round_trip_gives_the_adaptor_in_bf16_and_a_manifest(aligned_tin
     out = release.write_release(aligned_tiny, SUMMARY, tmp_path / "release", figures={"held-out S2T": "0.5"})
     manifest = json.loads((out / release.MANIFEST_FILE).read_text())
     assert manifest["name"] == ALIGNED_NAME and manifest["dtype"] == "bfloat16" and manifest["summary"] == SUMMARY
-    assert manifest["files"][release.ADAPTOR_FILE]["sha256"] == release.sha256_of(out / release.ADAPTOR_FILE)
+    assert manifest["files"][release.ADAPTOR_FILE]["sha256"] == sha256_of(out / release.ADAPTOR_FILE)
     assert manifest["code_version"] != "" and manifest["figures"] == {"held-out S2T": "0.5"}
     trained, _ = load_model(aligned_tiny)
     assert manifest["parameters"] == sum(p.numel() for p in trained.adaptor.parameters())
