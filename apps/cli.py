@@ -14,6 +14,7 @@ COMMANDS = {
     "synthesize": ("apps.synthesize", "speak QA / instruction records with offline voices (Piper, Festival, Flite, eSpeak NG) (16 kHz wavs + data.jsonl)"),
     "corpus": ("apps.corpus", "the speech corpus for alignment: many offline voices, cached encoder states (resumable)"),
     "generate": ("apps.generate", "answer a typed question or a wav file with a model folder"),
+    "serve": ("apps.serve", "an OpenAI-compatible chat endpoint (typed and spoken questions, streaming, continuous batching)"),
     **ENGINE_COMMANDS,  # importance, deactivate, compare
     "train": ("apps.train", "Stage-1 training in this process (the arguments of `accelerate launch trainers/run.py`)"),
     "demo": ("apps.demo", "serve the Gradio Space (importance explorer + try-it) on localhost"),

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gradio as gr
@@ -44,19 +46,34 @@ def guarded(message):
     """Turn any exception of a handler into a message in ``message`` (a Markdown component).
 
     Messages the user can act on (`FRIENDLY_ERRORS`) are shown as they are; anything else is logged
-    with its traceback and shown as a short apology, never as a stack trace.
+    with its traceback and shown as a short apology, never as a stack trace. A generator handler
+    (its updates streamed to the page) stays a generator, its error the last update.
     """
 
+    def failure(handler, error: Exception) -> dict:
+        if isinstance(error, FRIENDLY_ERRORS):
+            return {message: warning(str(error))}
+        logger.exception("handler %s failed", getattr(handler, "__name__", handler))
+        return {message: warning(f"Something went wrong ({type(error).__name__}); the details are in the server log.")}
+
     def decorate(handler):
+        if inspect.isgeneratorfunction(handler):  # Gradio streams a handler's updates only when it is a generator function
+
+            @functools.wraps(handler)
+            def stream(*args):
+                try:
+                    yield from handler(*args)
+                except Exception as error:
+                    yield failure(handler, error)
+
+            return stream
+
         @functools.wraps(handler)
         def run(*args):
             try:
                 return handler(*args)
-            except FRIENDLY_ERRORS as error:
-                return {message: warning(str(error))}
             except Exception as error:
-                logger.exception("handler %s failed", handler.__name__)
-                return {message: warning(f"Something went wrong ({type(error).__name__}); the details are in the server log.")}
+                return failure(handler, error)
 
         return run
 
@@ -217,17 +234,21 @@ def reject_upload(ui: UI, handler):
     return run
 
 
-def answer_typed(space: Space, ui: UI, question: str, max_new_tokens: int) -> dict:
+def answer_typed(space: Space, ui: UI, question: str, max_new_tokens: int) -> Iterator[dict]:
+    """The answer to a typed question, shown as it is generated."""
     question = (question or "").strip()
     if not question:
         raise ViewError("Type a question first.")
     if len(question) > MAX_QUESTION_CHARS:
         raise ViewError(f"Please keep the question under {MAX_QUESTION_CHARS} characters.")
-    return {ui.answer: space.holder.answer(question, None, int(max_new_tokens)).markdown()}
+    for answer in space.holder.answer_stream(question, None, int(max_new_tokens)):
+        yield {ui.answer: answer.markdown()}
 
 
-def answer_spoken(space: Space, ui: UI, audio_path: str | None, max_new_tokens: int) -> dict:
+def answer_spoken(space: Space, ui: UI, audio_path: str | None, max_new_tokens: int) -> Iterator[dict]:
+    """The answer to a recorded or uploaded question, shown as it is generated."""
     if not audio_path:
         raise ViewError(f"Record a question with the microphone or upload one ({ACCEPTED}) first.")
     spoken = check_spoken_question(audio_path)
-    return {ui.answer: space.holder.answer(None, spoken, int(max_new_tokens)).markdown()}
+    for answer in space.holder.answer_stream(None, spoken, int(max_new_tokens)):
+        yield {ui.answer: answer.markdown()}

@@ -12,13 +12,18 @@ Every prompt starts with the same tokens (system prompt, user header: ~2/3 of a 
 their keys and values are computed once (`SharedPrefix`) and each prefill runs only the rest of
 its prompts; a row's cache is then [prefix][left padding][its own tokens], which the mask and the
 mask-derived positions read exactly as one unpadded prompt.
+
+`ContinuousBatcher` is that loop one step at a time, for callers whose requests arrive while it runs
+(`speech-llama serve`): requests are added and cancelled between steps, and each step reports the
+tokens it produced. `continuous_greedy_answers` drives it over a fixed list of questions.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +36,9 @@ from .prompts import qa_inputs
 
 @dataclass
 class RunningBatch:
-    """The rows being decoded: their request indices, tokens so far, mask (B, L) and KV cache."""
+    """The rows being decoded: their request ids, tokens so far, mask (B, L) and KV cache."""
 
-    requests: list[int] = field(default_factory=list)
+    requests: list[Hashable] = field(default_factory=list)
     generated: list[list[int]] = field(default_factory=list)
     attention_mask: torch.Tensor | None = None
     cache: DynamicCache | None = None
@@ -144,12 +149,10 @@ def _end_ids(model) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos])
 
 
-def _prefill(model, processor, batch: RunningBatch, admitted: list[int], questions, audios,
-             prefix: SharedPrefix, instruction: str | None = None) -> None:
-    """Run the prompts of `admitted` requests (after the shared prefix when they have one), join their
-    cache to the batch, record their first token."""
-    inputs = qa_inputs(processor, [questions[i] for i in admitted], [audios[i] for i in admitted],
-                       instruction).to(model.device)
+def _prefill(model, processor, batch: RunningBatch, admitted: list[Hashable], inputs, prefix: SharedPrefix) -> None:
+    """Run the prompts of `admitted` requests (`inputs`: their left-padded processor batch), after the
+    shared prefix when they have one; join their cache to the batch and record their first token."""
+    inputs = inputs.to(model.device)
     rows = _unpadded_rows(inputs)
     if not prefix.covers(rows):
         # A prefix learned from other prompts only shrinks (its rows shared more than these do).
@@ -184,18 +187,165 @@ def _decode_step(model, batch: RunningBatch) -> None:
         tokens.append(token)
 
 
-def _retire_finished(batch: RunningBatch, answers: list, end_ids: set[int], max_new_tokens: int) -> int:
-    """Move rows whose last token ends the answer (or hit the budget) out of the batch; returns how many."""
-    keep = []
-    for row, tokens in enumerate(batch.generated):
-        if tokens[-1] in end_ids or len(tokens) >= max_new_tokens:
-            answers[batch.requests[row]] = tokens
-        else:
-            keep.append(row)
-    finished = len(batch) - len(keep)
-    if finished:
-        _keep_rows(batch, keep)
-    return finished
+@dataclass(frozen=True)
+class Token:
+    """One new token of a request; its last one carries `finish_reason`: "stop" (an end-of-turn id,
+    which is part of the answer's tokens) or "length" (the request's `max_new_tokens` reached)."""
+
+    request: Hashable
+    token: int
+    finish_reason: str | None = None
+
+
+@dataclass
+class Step:
+    """What one `ContinuousBatcher.step` did: the new tokens in row order, and the requests whose
+    prefill raised (they are dropped; the rows already decoding are untouched)."""
+
+    tokens: list[Token] = field(default_factory=list)
+    failed: dict[Hashable, Exception] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return sum(token.finish_reason is not None for token in self.tokens)
+
+
+# A group of admitted requests' prompts (what `add` was given, in admission order) → their left-padded processor batch.
+Encoder = Callable[[list[Any]], Any]
+
+
+class ContinuousBatcher:
+    """Greedy continuous batching one step at a time: add and cancel requests between steps.
+
+    Each `step` first admits waiting requests when a slot is free (up to `batch_size` prompts in one
+    prefill, since one prompt alone costs about half of what eight together cost on CPU; the rows
+    wait prefilled in `ready` until slots free), then decodes one token for every running row
+    (at most `batch_size`). A request leaves at its end-of-turn token or at its own token budget.
+    `encode` turns a group's prompts (opaque to the batcher) into model inputs, so each caller
+    keeps its own prompt format.
+    """
+
+    def __init__(self, model, processor, batch_size: int, encode: Encoder):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.processor, self.batch_size, self.encode = model, processor, batch_size, encode
+        self.end_ids = _end_ids(model)
+        self._waiting: deque[Hashable] = deque()
+        self._prompts: dict[Hashable, Any] = {}  # waiting requests' prompts, until their prefill
+        self._budgets: dict[Hashable, int] = {}  # max_new_tokens of every request not finished
+        self._batch, self._ready = RunningBatch(), RunningBatch()  # decoding rows; prefilled rows waiting for a slot
+        self._prefix = SharedPrefix()
+
+    @property
+    def running(self) -> int:
+        """Requests prefilled or decoding."""
+        return len(self._batch) + len(self._ready)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting or self.running)
+
+    def add(self, request: Hashable, prompt: Any, max_new_tokens: int) -> None:
+        """Queue a request (ids must be unique among unfinished ones); it is admitted at a step with a free slot."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if request in self._budgets:
+            raise ValueError(f"request {request!r} is already queued or running")
+        self._waiting.append(request)
+        self._prompts[request] = prompt
+        self._budgets[request] = max_new_tokens
+
+    def cancel(self, request: Hashable) -> bool:
+        """Drop a waiting or running request (its slot is free at the next step); False if unknown or finished."""
+        if self._budgets.pop(request, None) is None:
+            return False
+        if request in self._prompts:  # still waiting
+            del self._prompts[request]
+            self._waiting.remove(request)
+            return True
+        for batch in (self._batch, self._ready):
+            if request in batch.requests:
+                _keep_rows(batch, [row for row, other in enumerate(batch.requests) if other != request])
+        return True
+
+    def drop_running(self) -> list[Hashable]:
+        """Forget every prefilled and decoding row (after a failed step left their caches unusable);
+        returns their requests. Waiting requests stay."""
+        dropped = self._batch.requests + self._ready.requests
+        for request in dropped:
+            self._budgets.pop(request, None)
+        self._batch, self._ready = RunningBatch(), RunningBatch()
+        return dropped
+
+    @torch.no_grad()
+    def step(self) -> Step:
+        """Admit (prefill) when a slot is free, move prefilled rows into free slots, decode one token per row."""
+        step = Step()
+        free = self.batch_size - len(self._batch)
+        if free and len(self._ready) < free and self._waiting:
+            self._admit([self._waiting.popleft() for _ in range(min(self.batch_size, len(self._waiting)))], step)
+        if free and len(self._ready):
+            _move_rows(self._ready, self._batch, min(free, len(self._ready)))
+        if len(self._batch):
+            _decode_step(self.model, self._batch)
+            step.tokens += self._report(self._batch, first_row=0)
+        return step
+
+    def _admit(self, admitted: list[Hashable], step: Step) -> None:
+        prompts = [self._prompts.pop(request) for request in admitted]
+        first_row = len(self._ready)
+        try:
+            _prefill(self.model, self.processor, self._ready, admitted, self.encode(prompts), self._prefix)
+        except Exception as error:  # a bad prompt fails its own group only; the running rows are untouched
+            for request in admitted:
+                self._budgets.pop(request, None)
+                step.failed[request] = error
+            return
+        step.tokens += self._report(self._ready, first_row)
+
+    def _report(self, batch: RunningBatch, first_row: int) -> list[Token]:
+        """The last token of rows `first_row`… (rows before it reported theirs already); rows that
+        ended leave the batch."""
+        tokens, keep = [], list(range(first_row))
+        for row in range(first_row, len(batch)):
+            request, generated = batch.requests[row], batch.generated[row]
+            reason = self._finish_reason(request, generated)
+            tokens.append(Token(request, generated[-1], reason))
+            if reason is None:
+                keep.append(row)
+            else:
+                del self._budgets[request]
+        if len(keep) < len(batch):
+            _keep_rows(batch, keep)
+        return tokens
+
+    def _finish_reason(self, request: Hashable, generated: list[int]) -> str | None:
+        if generated[-1] in self.end_ids:
+            return "stop"
+        return "length" if len(generated) >= self._budgets[request] else None
+
+
+def qa_batcher(model, processor, batch_size: int, instruction: str | None = None) -> ContinuousBatcher:
+    """A batcher whose requests are (question, audio) pairs, prompted as everywhere in the project
+    (`prompts.qa_inputs`; a request is S2T when its audio is given)."""
+
+    def encode(group: list[tuple[str | None, np.ndarray | None]]):
+        return qa_inputs(processor, [question for question, _ in group], [audio for _, audio in group], instruction)
+
+    return ContinuousBatcher(model, processor, batch_size, encode)
+
+
+def steps_to_end(batcher: ContinuousBatcher) -> Iterator[Step]:
+    """Step until every request added has ended; a failed prefill raises its own error."""
+    while batcher.busy:
+        step = batcher.step()
+        if step.failed:
+            raise next(iter(step.failed.values()))
+        yield step
 
 
 @torch.no_grad()
@@ -225,23 +375,13 @@ def continuous_greedy_answers(
     audios = list(audios) if audios is not None else [None] * len(questions)
     if len(audios) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(audios)} audio entries")
-    end_ids = _end_ids(model)
-    waiting = deque(range(len(questions)))
-    answers: list[list[int] | None] = [None] * len(questions)
-    batch, ready = RunningBatch(), RunningBatch()  # decoding rows; prefilled rows waiting for a slot
-    prefix = SharedPrefix()
+    batcher = qa_batcher(model, processor, batch_size, instruction)
+    for index, request in enumerate(zip(questions, audios)):
+        batcher.add(index, request, max_new_tokens)
+    answers: list[list[int]] = [[] for _ in questions]
     with tqdm(total=len(questions), desc=description, unit="answer", disable=not progress) as bar:
-        while waiting or len(ready) or len(batch):
-            free = batch_size - len(batch)
-            if free and len(ready) < free and waiting:
-                # Prefill a whole batch of prompts in one forward: one prompt alone costs about half of
-                # what eight together cost (measured on CPU); the rows wait in `ready` for free slots.
-                _prefill(model, processor, ready, [waiting.popleft() for _ in range(min(batch_size, len(waiting)))],
-                         questions, audios, prefix, instruction)
-                bar.update(_retire_finished(ready, answers, end_ids, max_new_tokens))
-            if free and len(ready):
-                _move_rows(ready, batch, min(free, len(ready)))
-            if len(batch):
-                _decode_step(model, batch)
-                bar.update(_retire_finished(batch, answers, end_ids, max_new_tokens))
+        for step in steps_to_end(batcher):
+            for token in step.tokens:
+                answers[token.request].append(token.token)
+            bar.update(step.finished)
     return [text.strip() for text in processor.batch_decode(answers, skip_special_tokens=True)]
