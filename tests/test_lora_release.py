@@ -219,3 +219,10 @@ def test_the_recipe_runs_end_to_end_and_a_rerun_reuses_its_work(tiny_model_dir, 
     assert sum(len(path.read_text().splitlines()) for path in responses) == 5  # the word list is read back, not answered
     monkeypatch.setattr(release, "train_lora_release", lambda *args, **kwargs: pytest.fail("a finished release retrained"))
     assert release.build_lora_release(settings, tmp_path / "work", tiny_corpus, progress=False) == out
+
+
+def test_resumed_logs_count_each_step_once_and_every_process_time():
+    log = [{"step": 1, "seconds": 10.0}, {"step": 2, "seconds": 20.0}, {"step": 3, "seconds": 30.0},
+           {"step": 3, "seconds": 12.0}, {"step": 4, "seconds": 22.0}]
+    assert [entry["seconds"] for entry in release.last_entry_per_step(log)] == [10.0, 20.0, 12.0, 22.0]
+    assert release.training_seconds(log) == 52

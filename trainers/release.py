@@ -77,7 +77,7 @@ def write_responses(model_dir: Path, texts: list[str], out_dir: Path, max_new_to
 
 @dataclass
 class LoraReleaseSettings:
-    steps: int = 360
+    steps: int = 240
     batch_size: int = 16
     learning_rate: float = 5e-4  # LoRA matrices; chosen on the dev split over 2e-4 (docs/release.md)
     adaptor_learning_rate: float = 1e-4
@@ -87,7 +87,7 @@ class LoraReleaseSettings:
     max_target_tokens: int = 32
     response_tokens: int = 32  # the base LLM's greedy answers are at most this long
     checkpoint_every: int = 25
-    eval_every: int = 120
+    eval_every: int = 80
     seed: int = 0
     # bf16 autocast only where the CPU runs bf16 natively (emulated bf16 is several times slower).
     bf16: bool = field(default_factory=cpu_runs_bfloat16)
@@ -411,11 +411,10 @@ def build_lora_release(settings: LoraReleaseSettings | None = None, work_dir: Pa
         responses = write_responses(_aligned_folder(work_dir), texts, work_dir / "responses" / f"{split}-{settings.response_tokens}-tokens",
                                     settings.response_tokens, progress=progress)
         splits[split] = training_clips(corpus_dir, split, responses)
-    started = time.time()
     peft_model = train_lora_release(model, processor, splits["train"], splits["dev"], work_dir, settings, progress)
     trained = trained_state(peft_model)
     ctc_wers = _ctc_wers(merge_lora(peft_model), processor, corpus_dir)
-    log = read_jsonl(work_dir / LORA_LOG)
+    log = last_entry_per_step(read_jsonl(work_dir / LORA_LOG))
     summary = {
         "recipe": "Stage-1 LoRA on the aligned release, targets by the base LLM (trainers/release.py)",
         "aligned_release": aligned_manifest["name"],
@@ -423,7 +422,7 @@ def build_lora_release(settings: LoraReleaseSettings | None = None, work_dir: Pa
         "settings": asdict(settings),
         "corpus": json.loads((corpus_dir / "corpus.json").read_text())["splits"],
         "clips_seen": settings.steps * settings.batch_size,
-        "train_seconds": round(max(entry["seconds"] for entry in log) if log else time.time() - started),
+        "train_seconds": training_seconds(log),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "dev_response_loss": [{"step": e["step"], "loss": e["dev_response_loss"]} for e in log if "dev_response_loss" in e],
         "first_loss": log[0]["loss"] if log else None,
@@ -431,6 +430,21 @@ def build_lora_release(settings: LoraReleaseSettings | None = None, work_dir: Pa
         **ctc_wers,
     }
     return write_lora_release(trained, release, summary, version=version)
+
+
+def last_entry_per_step(log: list[dict]) -> list[dict]:
+    """The log of the steps that count: a resumed run redoes the steps after its last checkpoint."""
+    return sorted({entry["step"]: entry for entry in log}.values(), key=lambda entry: entry["step"])
+
+
+def training_seconds(log: list[dict]) -> int:
+    """Wall time of every process that trained, resumed ones included (`seconds` restarts at 0 in each)."""
+    total, previous = 0.0, 0.0
+    for entry in log:
+        if entry["seconds"] < previous:  # a new process began
+            total += previous
+        previous = entry["seconds"]
+    return round(total + previous)
 
 
 def _ctc_wers(model, processor, corpus_dir: Path) -> dict[str, float]:
