@@ -23,10 +23,13 @@ TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz
 DEBIAN_PACKAGE = "asterisk-core-sounds-en-wav"
 # Prompts a reader cannot say as written: tones in brackets, keypad symbols, digits, spelled-out codes.
 UNSPEAKABLE = re.compile(r"[\[\]*#0-9/@<>=+_]")
+MAX_SECONDS = 30.0  # Whisper's window: longer recordings are left out
 
 
 def asterisk_prompts(sounds_dir: Path = SOUNDS_DIR, transcripts: Path = TRANSCRIPTS) -> list[tuple[Path, str]]:
-    """(recording, transcript) of every prompt with a wav file and a transcript in plain words."""
+    """(recording, transcript) of every prompt with a wav file of at most `MAX_SECONDS` and a transcript in plain words."""
+    import soundfile
+
     if not transcripts.is_file():
         raise FileNotFoundError(f"{transcripts} is missing: install the recordings (Debian: apt-get install {DEBIAN_PACKAGE})")
     prompts = []
@@ -37,7 +40,7 @@ def asterisk_prompts(sounds_dir: Path = SOUNDS_DIR, transcripts: Path = TRANSCRI
             if line.startswith(";") or not separator or not text or UNSPEAKABLE.search(text):
                 continue
             path = sounds_dir / f"{name.strip()}.wav"
-            if path.is_file():
+            if path.is_file() and soundfile.info(str(path)).duration <= MAX_SECONDS:
                 prompts.append((path, text))
     return prompts
 

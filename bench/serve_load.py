@@ -165,7 +165,7 @@ def compare(model_dir: Path, num_questions: int, max_new_tokens: int, limit_s: f
         "max_batch": MAX_BATCH,
         "model": str(model_dir) if model_dir == MODEL_DIR else model_dir.name,
         "threads": torch.get_num_threads(),
-        "target": {"throughput_ratio_8": 3.0, "identical": True},
+        "target": {"throughput_ratio_8": 4.0, "identical": True},
     }
     print(f"8 clients vs 1: {result['throughput_ratio_8']}x tokens/s, 32 clients: {result['throughput_ratio_32']}x; "
           f"identical {result['identical']}")

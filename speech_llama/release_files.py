@@ -77,4 +77,17 @@ def read_verified(folder: Path, weights_file: str, expected_name: str, rebuild: 
     return {name: tensor.float() for name, tensor in load_file(str(weights_path)).items()}, manifest
 
 
-__all__ = ["MANIFEST_FILE", "ReleaseError", "code_version", "file_entry", "read_verified", "release_available", "sha256_of"]
+def record_figures(folder: Path, figures: dict[str, str]) -> dict:
+    """Add figures measured after the release was written (held-out accuracies, …) to its manifest;
+    the weights and their checksum are untouched. Returns the manifest."""
+    from .files import atomic_write_json
+
+    path = Path(folder) / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["figures"] = {**manifest.get("figures", {}), **figures}
+    atomic_write_json(path, manifest)
+    return manifest
+
+
+__all__ = ["MANIFEST_FILE", "ReleaseError", "code_version", "file_entry", "read_verified", "record_figures",
+           "release_available", "sha256_of"]

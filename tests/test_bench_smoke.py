@@ -112,6 +112,15 @@ def check_perplexity(result: dict, lines: list[str]) -> None:
     assert isinstance(result["same_ppl"], bool)
 
 
+def check_serve_load(result: dict, lines: list[str]) -> None:
+    assert positive(result["throughput_ratio_8"]) and positive(result["throughput_ratio_32"]), result
+    assert result["identical"] is True and result["differing_questions"] == [], result
+    for clients in ("1", "8", "32"):
+        figures = result["levels"][clients]
+        assert positive(figures["tokens_per_s"]) and positive(figures["first_token_p50_s"]), (clients, figures)
+    assert any("8 clients vs 1" in line for line in lines[:-1]), "no side-by-side line before the JSON"
+
+
 def check_synthesize(result: dict, lines: list[str]) -> None:
     assert positive(result["questions_per_s"]) and positive(result["end_to_end_questions_per_s"]), result
     assert positive(result["startup_s"]) and isinstance(result["ok"], bool), result
@@ -134,6 +143,7 @@ CHECKS = {
     "inference_dtype.py": check_inference_dtype,
     "layer_lr_overhead.py": check_layer_lr_overhead,
     "perplexity.py": check_perplexity,
+    "serve_load.py": check_serve_load,
     "synthesize.py": check_synthesize,
     "synthesize_engines.py": check_synthesize_engines,
 }

@@ -154,6 +154,11 @@ def test_a_damaged_lora_release_is_refused(tiny_model_dir, tiny_corpus, tmp_path
     (out / release.LORA_FILE).write_bytes(bytes(data))
     with pytest.raises(ReleaseError, match=r"lora.safetensors: sha256 .* does not match the manifest"):
         release.read_lora_release(out)
+    release.write_lora_release(trained, out, {"settings": vars(settings)})
+    from speech_llama.release_files import record_figures
+
+    record_figures(out, {"held-out S2T": "0.4"})
+    assert release.read_lora_release(out)[1]["figures"] == {"held-out S2T": "0.4"}
     (out / release.LORA_FILE).unlink()
     assert not release.lora_release_available(out)
     with pytest.raises(ReleaseError, match="lora.safetensors is missing.*--preset speech-llama-lora-mini --retrain"):
@@ -186,7 +191,7 @@ def test_the_shipped_lora_release_assembles_and_answers_an_unseen_voice(tmp_path
     wer, transcripts = ctc_word_error_rate(model, processor.tokenizer, clips)
     # 16 clips against the manifest's 404: a margin for the smaller sample, well below an unaligned adaptor's ~1.0.
     assert wer <= manifest["summary"]["heldout_ctc_wer"] + 0.15, list(zip(questions, transcripts))
-    clip = read_audio(str(FIXTURES / "capital-of-france-flite-slt.wav"))
+    clip = read_audio(str(FIXTURES / "capital-of-france-flite-slt.wav"), where="the flite-slt fixture")
     answer = continuous_greedy_answers(model, processor, [None], [clip], batch_size=1, max_new_tokens=32)[0]
     assert "paris" in answer.lower(), answer
 

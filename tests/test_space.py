@@ -111,13 +111,12 @@ def content(tmp_path_factory):
     return build_tiny_content(tmp_path_factory.mktemp("space"))
 
 
-@pytest.fixture(scope="module")
-def space_url(content, tmp_path_factory):
+def _serve(model_dir: Path, artifacts: Path, log: Path, extra: list[str] = ()):
+    """`python -m apps.demo` on a free localhost port: yields its URL, stops it, and fails on a traceback in its log."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("space-log") / "server.log"
     command = [
         sys.executable, "-m", "apps.demo", "--host", "127.0.0.1", "--port", str(port),
-        "--model", str(content.model_dir), "--artifacts", str(content.folder),
+        "--model", str(model_dir), "--artifacts", str(artifacts), *extra,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "w") as output:
@@ -134,6 +133,21 @@ def space_url(content, tmp_path_factory):
             process.kill()
             process.wait()
     assert "Traceback" not in log.read_text().split("Keyboard interruption")[0], log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def space_url(content, tmp_path_factory):
+    yield from _serve(content.model_dir, content.folder, tmp_path_factory.mktemp("space-log") / "server.log")
+
+
+@pytest.fixture(scope="module")
+def released_space_url(tmp_path_factory):
+    """The Space serving the released model, assembled from the repository's files (a 2-record importance)."""
+    from trainers.release import assemble_lora
+
+    folder = tmp_path_factory.mktemp("released")
+    model_dir = assemble_lora(folder / "speech-llama-lora-mini")
+    yield from _serve(model_dir, folder / "space", folder / "server.log", ["--importance-samples", "2"])
 
 
 def _text_appears(page, selector: str, text: str) -> None:
@@ -206,3 +220,28 @@ def test_space_in_headless_chromium(content, space_url, tmp_path):
             browser.close()
     (REPO / "runs").mkdir(exist_ok=True)
     shutil.copyfile(shots / "1-layer-importance.png", REPO / "runs" / "space-screenshot.png")
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_the_released_model_answers_a_voice_no_training_set_holds(released_space_url):
+    """Try it, in the browser, with a recording of "What is the capital of France?" by flite's slt voice:
+    a voice that reads no training clip (the evaluations' held-out speaker is Festival's slt)."""
+    sync_playwright = _require_browser()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(released_space_url, wait_until="domcontentloaded")
+            _plot_drawn(page, "#layer-plot")  # the default content is ready
+            page.get_by_role("tab", name="Try it").click()
+            _upload(page, REPO / "tests" / "fixtures" / "capital-of-france-flite-slt.wav")
+            _text_appears(page, "#upload-note", "Loaded")
+            page.click("#ask-audio")
+            _text_appears(page, "#answer", "speech tokens")
+            page.wait_for_function(
+                "() => { const node = document.querySelector('#answer'); return node && node.innerText.toLowerCase().includes('paris'); }",
+                timeout=STEP_MS)
+            assert "S2T" in page.inner_text("#answer")
+        finally:
+            browser.close()

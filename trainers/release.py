@@ -403,6 +403,7 @@ def build_lora_release(settings: LoraReleaseSettings | None = None, work_dir: Pa
         return release
     if not (corpus_dir / "corpus.json").is_file():
         raise FileNotFoundError(f"{corpus_dir} holds no finished speech corpus: build it first with `speech-llama corpus`")
+    _warn_without_jemalloc()
     version = code_version()  # the code that trains it (the checkout may change while it runs)
     model, processor, aligned_manifest = aligned_model()
     splits = {}
@@ -454,6 +455,20 @@ def _ctc_wers(model, processor, corpus_dir: Path) -> dict[str, float]:
     return {f"{split}_ctc_wer": round(ctc_word_error_rate(model, processor.tokenizer, load_split(corpus_dir / split,
                                                                                                  processor.tokenizer))[0], 4)
             for split in ("dev", "heldout")}
+
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+
+
+def _warn_without_jemalloc() -> None:
+    """glibc's allocator let this loop's varying batch shapes grow the process ~0.3 GB a step (docs/release.md)."""
+    import logging
+    import os
+
+    if "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
+        logging.getLogger(__name__).warning(
+            "training without jemalloc: memory can grow by ~0.3 GB a step with glibc's allocator; run it with "
+            f"LD_PRELOAD={JEMALLOC} (Debian: apt-get install libjemalloc2)")
 
 
 def _aligned_folder(work_dir: Path) -> Path:
