@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml Makefile
 		|| echo "install the corpus voices (Debian: apt-get install $(TTS_PACKAGES))"
 	touch $(STAMP)
 
-# Serves the Gradio Space on http://127.0.0.1:7860/ (first start builds offline-mini and its
-# text-input importance, a few minutes on 2 CPU cores; later starts serve in seconds).
+# Serves the Gradio Space on http://127.0.0.1:7860/ (first start assembles the released
+# speech-llama-lora-mini model in seconds, then its text-input importance in a few minutes on
+# 2 CPU cores; later starts serve in seconds).
 demo: $(STAMP)
 	$(BIN)/speech-llama demo
 
