@@ -7,7 +7,7 @@ tokens/s, p50/p95 latency and time to the first token, and whether every answer 
 reference's. Bounded: each level answers the same N questions, and stops handing out questions
 after --level-limit-s (its figures are then over the answered ones).
 Last line: {"throughput_ratio_8": tokens/s(8 clients) / tokens/s(1), "identical": all answers equal, ...}.
-Target: throughput_ratio_8 >= 3 with identical answers (offline-mini, 2 CPU cores).
+Target: throughput_ratio_8 >= 4 with identical answers (offline-mini, 2 CPU cores).
 
     python bench/serve_load.py [--smoke]   (--smoke: tiny-random, 8 questions of 8 tokens, in seconds)
 """
