@@ -69,12 +69,17 @@ def load_split(split_dir: Path, tokenizer, limit: int | None = None) -> list[Cac
     return clips
 
 
+def padded_states(arrays: list[np.ndarray]) -> torch.Tensor:
+    """(B, T_max, d_enc) float32 encoder states, zero-padded after each clip's own frames."""
+    states = torch.zeros(len(arrays), max(array.shape[0] for array in arrays), arrays[0].shape[1])
+    for row, array in enumerate(arrays):
+        states[row, : array.shape[0]] = torch.from_numpy(array.astype(np.float32))
+    return states
+
+
 def batch_tensors(clips: list[CachedClip], downsample: int) -> tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor]:
     """(B, T_max, d_enc) states (zero-padded), adaptor frame counts, (B, S) targets, (B,) target lengths."""
-    longest = max(clip.states.shape[0] for clip in clips)
-    states = torch.zeros(len(clips), longest, clips[0].states.shape[1])
-    for row, clip in enumerate(clips):
-        states[row, : clip.states.shape[0]] = torch.from_numpy(clip.states.astype(np.float32))
+    states = padded_states([clip.states for clip in clips])
     counts = [clip.states.shape[0] // downsample for clip in clips]
     lengths = torch.tensor([len(clip.token_ids) for clip in clips])
     targets = torch.zeros(len(clips), int(lengths.max()), dtype=torch.long)
@@ -83,7 +88,7 @@ def batch_tensors(clips: list[CachedClip], downsample: int) -> tuple[torch.Tenso
     return states, counts, targets, lengths
 
 
-def _batch_order(num_clips: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+def batch_order(num_clips: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """Shuffled epochs cut into batches, as many as `steps` (a pure function of its arguments)."""
     rng, order = random.Random(seed), []
     while len(order) < steps * batch_size:
@@ -93,11 +98,16 @@ def _batch_order(num_clips: int, batch_size: int, steps: int, seed: int) -> list
     return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
 
 
+def warmup_cosine(step: int, warmup_steps: int, steps: int) -> float:
+    """The learning rate's share at `step`: linear warm-up, then cosine decay to 0 at `steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def _learning_rate(step: int, settings: AlignmentSettings) -> float:
-    if step < settings.warmup_steps:
-        return settings.learning_rate * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return settings.learning_rate * warmup_cosine(step, settings.warmup_steps, settings.steps)
 
 
 def ctc_word_error_rate(model, tokenizer, clips: list[CachedClip], batch_size: int = 64) -> tuple[float, list[str]]:
@@ -133,7 +143,7 @@ def train_alignment(model, tokenizer, train: list[CachedClip], dev: list[CachedC
     parameters = [p for p in model.adaptor.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     step = _resume(model, optimizer, out_dir / STATE_NAME, settings)
-    batches = _batch_order(len(train), settings.batch_size, settings.steps, settings.seed)
+    batches = batch_order(len(train), settings.batch_size, settings.steps, settings.seed)
     dropout = torch.nn.Dropout(settings.input_dropout)
     started, log_path = time.time(), out_dir / LOG_NAME
     bar = tqdm(total=settings.steps, initial=step, desc="alignment (CTC)", unit="step", disable=not progress)

@@ -16,7 +16,6 @@ pass per step). Resumable from its work folder; settings were chosen on the dev 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alignment.training import batch_order, padded_states, warmup_cosine
 from speech_llama.files import atomic_write, atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.precision import cpu_runs_bfloat16
 from speech_llama.prompts import TRANSCRIPT_INSTRUCTION, qa_training_text
@@ -137,10 +137,7 @@ def batch_loss(model, processor, clips: list[TrainingClip], targets: list[tuple[
     """Mean cross-entropy on the completions of one batch, speech merged from the adaptor's frames."""
     adaptor = model.get_submodule("adaptor") if hasattr(model, "adaptor") else model.base_model.model.adaptor
     downsample = model.config.adaptor_downsample
-    longest = max(clip.states.shape[0] for clip in clips)
-    states = torch.zeros(len(clips), longest, clips[0].states.shape[1])
-    for row, clip in enumerate(clips):
-        states[row, : clip.states.shape[0]] = torch.from_numpy(clip.states.astype("float32"))
+    states = padded_states([clip.states for clip in clips])
     counts = [clip.states.shape[0] // downsample for clip in clips]
     rows = [_row_ids(processor, completion, instruction, count, settings.max_target_tokens)
             for (completion, instruction), count in zip(targets, counts)]
@@ -174,25 +171,6 @@ def dev_response_loss(model, processor, clips: list[TrainingClip], settings: Lor
     return total / count
 
 
-def _learning_rate_scale(step: int, settings: LoraReleaseSettings) -> float:
-    """Linear warm-up, then cosine decay to 0 (LLaMA-Omni's Stage-1 schedule)."""
-    if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _batches(num_clips: int, settings: LoraReleaseSettings) -> list[list[int]]:
-    """Shuffled epochs cut into `steps` batches (a pure function of the settings: resumes see the same order)."""
-    rng, order = random.Random(settings.seed), []
-    while len(order) < settings.steps * settings.batch_size:
-        epoch = list(range(num_clips))
-        rng.shuffle(epoch)
-        order += epoch
-    size = settings.batch_size
-    return [order[step * size : (step + 1) * size] for step in range(settings.steps)]
-
-
 def train_lora_release(model, processor, train: list[TrainingClip], dev: list[TrainingClip], out_dir: Path,
                        settings: LoraReleaseSettings, progress: bool = True):
     """LoRA + adaptor trained on the clips (`model`: the aligned SpeechLlama, modified in place and
@@ -220,7 +198,7 @@ def train_lora_release(model, processor, train: list[TrainingClip], dev: list[Tr
         set_peft_model_state_dict(peft_model, state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-    batches = _batches(len(train), settings)
+    batches = batch_order(len(train), settings.batch_size, settings.steps, settings.seed)
     started = time.time()
     bar = tqdm(total=settings.steps, initial=step, desc="Stage-1 LoRA", unit="step", disable=not progress)
     while step < settings.steps:
@@ -230,7 +208,7 @@ def train_lora_release(model, processor, train: list[TrainingClip], dev: list[Tr
         clips = [train[i] for i in batches[step]]
         targets = [_target(clip, draws.random(), settings) for clip in clips]
         for group, lr in zip(optimizer.param_groups, peak):
-            group["lr"] = lr * _learning_rate_scale(step, settings)
+            group["lr"] = lr * warmup_cosine(step, settings.warmup_steps, settings.steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
             loss = batch_loss(peft_model, processor, clips, targets, settings)
         optimizer.zero_grad(set_to_none=True)
