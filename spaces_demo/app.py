@@ -1,6 +1,7 @@
 """speech-llama Space: where a speech LLM's textual knowledge lives, and the model itself.
 
-Tabs: Layer importance · Matrix explorer · Deactivation (Table 1) · Layer-LR · Try it. Everything
+Tabs: Layer importance · Matrix explorer · Deactivation (Table 1) · Layer-LR · Try it · Paper: cost
+and cure (a reproduction's trade-off frontier, also the one shipped in docs/paper/). Everything else
 shown comes from one artifact folder (default ``runs/space``); on first start the default content
 (offline-mini and its text-input importance) is built there in the background, with progress above
 the tabs and in the log.
@@ -25,6 +26,7 @@ if __package__ in (None, ""):  # run as a script (a Space runs `python app.py`):
 
 from spaces_demo.content import ContentBuilder, ContentPlan  # noqa: E402
 from spaces_demo.folder import DEFAULT_ARTIFACTS, ArtifactFolder  # noqa: E402
+from spaces_demo.frontier import frontier_tab  # noqa: E402
 from spaces_demo.handlers import (  # noqa: E402
     UI,
     Space,
@@ -184,6 +186,8 @@ def build_blocks(space: Space) -> gr.Blocks:
                 _layer_lr_tab(ui)
             with gr.Tab("Try it", id="try"):
                 _try_tab(ui)
+            with gr.Tab("Paper: cost and cure", id="paper"):
+                frontier_tab(space.folder.root, demo)
         _wire(space, ui, demo)
     return demo
 

@@ -1,5 +1,5 @@
-"""The reproduction's experiment presets: sizes and settings of one run, chosen before looking at
-results. (Not to be confused with the model-build presets of `speech_llama.presets`.)"""
+"""The reproduction's experiment presets and training runs: sizes and settings of one run, chosen
+before looking at results. (Not to be confused with the model-build presets of `speech_llama.presets`.)"""
 
 from __future__ import annotations
 
@@ -11,24 +11,75 @@ from speech_llama.synthesize import TRAINING_MIX
 METHODS = ("full", "layer_lr", "lora")
 ALIGN = "adaptor"  # the shared alignment stage (trainers' method `adaptor` with CTC: LLM frozen)
 # Beyond the paper: adaptor-only DiVA-style distillation from the frozen LLM reading the transcript, on
-# the methods' data, steps and seed. Its text ability is the start model's by construction: the
+# the methods' prompts, steps and seeds. Its text ability is the start model's by construction: the
 # reference for how much S2T is reachable at zero textual cost.
 DISTILL = "distill"
 FROZEN_LLM = (ALIGN, DISTILL)  # runs whose LLM is the pre-trained one: their T2T and text PPL are No-FT's
 LORA_RANKS = (8, 16, 24)  # Table 3 (`--ablation lora-rank`); the main run's LoRA is `ExperimentPreset.lora_rank`
+LR_FACTORS = (0.5, 2.0)  # `--ablation learning-rate`: the preset's learning rates times these, beside the main run's
+
+# Whose responses a run learns: "other" = the other writer's (chatterbot-corpus, the paper's condition),
+# "self" = the base LLM's own greedy answers to the same prompts (self-distillation).
+OTHER, SELF = "other", "self"
+# The paper's condition: another writer's responses, learned from the spoken question.
+PAPER_CONDITION = (OTHER, "speech")
+# The control the paper lacks, Full-FT on the same prompts and steps: which of the two changes costs T2T?
+CONTROL_CONDITIONS = ((SELF, "speech"), (OTHER, "text"), (SELF, "text"))
+METHOD_LABELS = {"full": "Full-FT", "layer_lr": "Layer-LR", "lora": "LoRA", DISTILL: "Distill", ALIGN: "CTC-aligned adaptor"}
 
 
-def lora_run_name(rank: int, main_rank: int) -> str:
-    """The training folder of a LoRA rank: the main run's own `lora` for its rank, `lora-rR` for the others."""
-    return "lora" if rank == main_rank else f"lora-r{rank}"
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training run: a method on a condition (whose targets, which input) with one seed."""
+
+    method: str
+    targets: str = OTHER
+    input: str = "speech"
+    seed: int = 0
+
+    @property
+    def series(self) -> str:
+        """The run without its seed: what pooling over seeds groups by (`full`, `full-self-text`, …)."""
+        if self.in_paper_condition:
+            return self.method
+        return f"{self.method}-{self.targets}-{self.input}"
+
+    @property
+    def name(self) -> str:
+        """Its folder under DIR/train and DIR/eval."""
+        return f"{self.series}-seed{self.seed}"
+
+    @property
+    def in_paper_condition(self) -> bool:
+        # Distillation learns the frozen LLM's own distribution, whatever text follows the prompt: its
+        # records carry the LLM's own responses (the `self` targets) on the same spoken prompts.
+        return (self.targets, self.input) == PAPER_CONDITION or (self.method == DISTILL and self.input == "speech")
+
+    @property
+    def frozen_llm(self) -> bool:
+        return self.method in FROZEN_LLM
 
 
-def comparisons(trained_names: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    """(task, a, b) pairs whose paired difference a − b the claims rest on: does Layer-LR / LoRA keep
-    more T2T than Full-FT, and does each method's S2T rise above the model it started from (the
-    aligned-only model: No-FT when the build preset is aligned, else the shared alignment stage)?"""
-    start = ALIGN if ALIGN in trained_names else "no_ft"
-    return [("t2t", "layer_lr", "full"), ("t2t", "lora", "full")] + [("s2t", method, start) for method in (*METHODS, DISTILL)]
+def series_label(series: str) -> str:
+    """A series for tables and figures: `Full-FT`, `Full-FT (self targets, typed)`, …"""
+    method, _, condition = series.partition("-")
+    if not condition:
+        return METHOD_LABELS.get(method, method)
+    targets, input_kind = condition.split("-")
+    parts = ["self targets" if targets == SELF else "other targets", "typed questions" if input_kind == "text" else "spoken"]
+    return f"{METHOD_LABELS.get(method, method)} ({', '.join(parts)})"
+
+
+def paper_runs(seeds: int) -> list[TrainingRun]:
+    """Every method and distill in the paper's condition, seed by seed (seed 0 of all first)."""
+    return [TrainingRun(method, SELF if method == DISTILL else OTHER, "speech", seed)
+            for seed in range(seeds) for method in (*METHODS, DISTILL)]
+
+
+def control_runs(seeds: int) -> list[TrainingRun]:
+    """Full-FT in the other three cells of targets × input."""
+    return [TrainingRun("full", targets, input_kind, seed)
+            for seed in range(seeds) for targets, input_kind in CONTROL_CONDITIONS]
 
 
 @dataclass
@@ -38,8 +89,8 @@ class ExperimentPreset:
     name: str
     llm: str | None  # None: an offline build preset (`model_preset`)
     encoder: str | None
-    train_records: int
-    ppl_records: int  # held-out training-distribution prompts (base-LLM responses): Table 1's perplexity set
+    train_records: int  # other-writer prompts every run trains on (one epoch at max_steps × batch_size when equal)
+    ppl_records: int  # held-out training-question prompts (base-LLM responses): Table 1's perplexity set
     test_records: int  # held-out QA questions for Table 2 (the corpus's held-out split, held-out voice)
     max_steps: int
     batch_size: int
@@ -49,8 +100,17 @@ class ExperimentPreset:
     lora_rank: int = 16
     model_preset: str = "offline-mini"  # `speech-llama build --preset` when llm is None
     align_steps: int = 0  # CTC alignment steps of the adaptor (LLM frozen), run once; every method starts from them
-    align_records: int = 0  # spoken training prompts the alignment reads (the methods' prompts are a prefix)
+    align_records: int = 0  # spoken other-writer prompts the alignment reads (the methods' prompts are a prefix)
     align_batch_size: int = 16
+    dev_records: int = 64  # other-writer pairs held back from training, read by training voices: the dev split
+    seeds: int = 3  # seeds of every method in the paper's condition (0 … seeds-1)
+    control_seeds: int = 1  # seeds of the Full-FT controls (self targets, typed questions)
+    # Checkpoints along training whose T2T / S2T make each method's forgetting curve (0 = the start
+    # model and 1 = the final model are always there), for the paper condition's first `curve_seeds`
+    # seeds, on the first `curve_records` test questions (None: all).
+    curve_fractions: tuple[float, ...] = (0.25, 0.5)
+    curve_seeds: int = 1
+    curve_records: int | None = None
     transcript_ratio: float = 0.5  # share of speech rows trained on the transcript task
     # Who reads the training prompts: every corpus training voice in turn (the held-out speaker never),
     # so the methods do not fit one voice that the held-out tests never use.
@@ -71,6 +131,18 @@ class ExperimentPreset:
     use_cpu: bool = True
     notes: list[str] = field(default_factory=list)
 
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        """The intermediate steps of the forgetting curve (distinct, between 1 and max_steps - 1)."""
+        steps = {round(fraction * self.max_steps) for fraction in self.curve_fractions}
+        return tuple(sorted(step for step in steps if 0 < step < self.max_steps))
+
+    def runs(self) -> list[TrainingRun]:
+        return paper_runs(self.seeds) + control_runs(self.control_seeds)
+
+    def has_curve(self, run: TrainingRun) -> bool:
+        """Whether this run's intermediate checkpoints are kept and evaluated."""
+        return run.in_paper_condition and run.seed < self.curve_seeds and bool(self.checkpoint_steps())
+
 
 def for_this_machine(preset: ExperimentPreset) -> ExperimentPreset:
     """`preset` with its automatic precisions decided for this machine (results.json records these)."""
@@ -79,25 +151,34 @@ def for_this_machine(preset: ExperimentPreset) -> ExperimentPreset:
     return replace(preset, inference_dtype=resolve_dtype_name(preset.inference_dtype, device), train_bf16=train_bf16)
 
 
+def lora_run_name(rank: int, main_rank: int) -> str:
+    """The training folder of a LoRA rank: the main run's seed-0 LoRA for its rank, `lora-rR` for the others."""
+    return TrainingRun("lora").name if rank == main_rank else f"lora-r{rank}"
+
+
 EXPERIMENT_PRESETS = {
+    # Sized for ≤ 120 min on 2 cores with native bf16 from a cached corpus and aligned preset
+    # (docs/paper-in-miniature.md, "Time budget"): 15 trainings of 48 steps, 3 seeds of each method.
     "cpu-mini": ExperimentPreset(
-        name="cpu-mini", llm=None, encoder=None, train_records=480, ppl_records=300,
-        test_records=404, max_steps=60, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
+        name="cpu-mini", llm=None, encoder=None, train_records=384, ppl_records=300,
+        test_records=404, max_steps=48, batch_size=8, learning_rate=1e-4, lora_learning_rate=5e-4,
         # adaptor lr 1e-4 chosen on the dev speech PPL (distil, 60 steps): 1e-3 → 5.88, 3e-4 → 4.78, 1e-4 → 4.62.
         adaptor_learning_rate=1e-4, train_bf16=None, max_new_tokens=32, inference_dtype=AUTO, eval_batch_size=16,
         # The cached aligned preset (its alignment is reused, not rerun): No-FT is the aligned-only model.
-        model_preset="offline-mini-aligned",
+        model_preset="offline-mini-aligned", curve_records=202,
     ),
+    # Every stage and run of cpu-mini at smoke sizes (≤ 10 min): 12 trainings, two seeds, one checkpoint.
     "cpu-mini-fast": ExperimentPreset(
-        name="cpu-mini-fast", llm=None, encoder=None, train_records=40, ppl_records=16,
-        test_records=16, max_steps=10, batch_size=4, learning_rate=1e-4, lora_learning_rate=5e-4,
-        adaptor_learning_rate=1e-3, max_new_tokens=24, response_tokens=32, align_steps=20, align_records=80, train_bf16=None,
-        inference_dtype=AUTO,
+        name="cpu-mini-fast", llm=None, encoder=None, train_records=24, ppl_records=12,
+        test_records=12, max_steps=6, batch_size=4, learning_rate=1e-4, lora_learning_rate=5e-4,
+        adaptor_learning_rate=1e-3, max_new_tokens=16, response_tokens=24, align_steps=16, align_records=48, train_bf16=None,
+        inference_dtype=AUTO, dev_records=12, seeds=2, curve_fractions=(0.5,),
     ),
     "gpu-1b": ExperimentPreset(
-        name="gpu-1b", llm="meta-llama/Llama-3.2-1B-Instruct", encoder="openai/whisper-large-v3", train_records=1895,
-        ppl_records=300, test_records=404, max_steps=600, batch_size=32,
+        name="gpu-1b", llm="meta-llama/Llama-3.2-1B-Instruct", encoder="openai/whisper-large-v3", train_records=768,
+        ppl_records=300, test_records=404, max_steps=72, batch_size=32,
         learning_rate=2e-5, lora_learning_rate=2e-4, adaptor_learning_rate=1e-3, dtype="bfloat16", use_cpu=False,
-        notes=["Needs Hub access and a GPU; LLaMA-Omni Stage-1 settings (lr 2e-5, cosine, 3 % warmup)."],
+        notes=["Needs Hub access and a GPU; LLaMA-Omni Stage-1 settings (lr 2e-5, cosine, 3 % warmup).",
+               "768 training records: most of the usable other-writer pairs (the rest are the dev split); 3 epochs."],
     ),
 }

@@ -8,23 +8,28 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from speech_llama.tts import HELD_OUT_VOICE
 from apps.eval_diff import compare_runs, correct_column
 from speech_llama.files import atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.statistics import bootstrap_interval
+from speech_llama.tts import HELD_OUT_VOICE
 
+from .analysis import Outcomes, accuracy_tables, curves, differences, frontier, shift_summary
+from .checkpoints import distil_with_checkpoints, keep_curve_checkpoints, remove_checkpoint
 from .configs import write_train_config
 from .distill import self_distil
-from .figures import save_accuracy_figure
-from .experiments import DISTILL, FROZEN_LLM, LORA_RANKS, METHODS, ExperimentPreset, comparisons, lora_run_name
-from .layout import RunLayout, done
+from .experiments import (ALIGN, DISTILL, LORA_RANKS, LR_FACTORS, METHODS, OTHER, SELF, ExperimentPreset, TrainingRun,
+                          lora_run_name)
+from .figures import save_accuracy_figure, save_frontier_figure
+from .layout import FINAL, RunLayout, done
 from .report import hypotheses, render_report
-from .splits import held_out_prompts, importance_count, qa_splits, training_prompts
+from .splits import held_out_prompts, importance_count, other_writer_data, other_writer_splits, qa_splits, training_prompts
 
 # Table 1's rows: the perplexity set each reads (DIR/data/<split>).
 TABLE1_SETS = {"paper": "ppl", "short_answers": "test"}
-# The stages of `run`; `wall_s` is their sum (ablations and seed repeats are reported apart).
+# The stages of `run`; `wall_s` is their sum (ablations are reported apart).
 MAIN_STAGES = ("model", "data", "importance", "train", "evaluate", "figures")
+# Preset fields a resumed run may change: more seeds reuse every finished run of the fewer.
+RESUMABLE_CHANGES = ("seeds", "control_seeds", "notes")
 
 
 def run_command(argv: list[str]) -> Any:
@@ -65,6 +70,10 @@ class Reproduction(RunLayout):
         print(f"[reproduce] stage {name} done in {elapsed:.1f} s (all runs: {self.timings[name]} s)", flush=True)
         return result
 
+    @property
+    def runs(self) -> list[TrainingRun]:
+        return self.preset.runs()
+
     # --- 1. model ---
     def build_model(self) -> None:
         if done(self.base_model / "config.json"):
@@ -76,32 +85,49 @@ class Reproduction(RunLayout):
                          "--dtype", self.preset.dtype])
 
     # --- 2. data ---
-    def prepare_data(self) -> None:
-        """Text splits (disjoint by construction), self-distilled responses, then speech: the training
-        prompts read by `preset.train_voice` (the training voices in turn), every held-out set by the
-        held-out voice."""
+    def prepare_data(self) -> dict[str, Any]:
+        """Text splits (disjoint by construction), the base LLM's own responses, then speech: the
+        other-writer prompts (training and dev) read by `preset.train_voice` (the training voices in
+        turn), every held-out set by the held-out voice. Returns the other-writer data's summary."""
         preset, text_dir = self.preset, self.text_dir
-        trained = max(preset.align_records, preset.train_records)
         for name, rows in qa_splits(preset).items():
             if not done(self.spoken(name)):
                 write_jsonl(text_dir / f"{name}.jsonl", [{"question": r["question"], "answers": r["answers"]} for r in rows])
                 self._speak(text_dir / f"{name}.jsonl", name, HELD_OUT_VOICE)
+        splits = other_writer_splits(preset)
         if not done(self.spoken("train")):
             # Every training prompt is spoken once; the alignment stage reads them all (question only).
-            write_jsonl(text_dir / "align.jsonl", [{"question": prompt["question"], "answers": []}
-                                                   for prompt in training_prompts(trained)])
+            write_jsonl(text_dir / "align.jsonl", [{"question": row["question"], "answers": []} for row in splits["align"]])
             self._speak(text_dir / "align.jsonl", "train", preset.train_voice)
-        if not done(self.qa_train_data):
-            train_text = text_dir / "train.jsonl"
-            self._self_distil(training_prompts(preset.train_records), train_text)
-            audio_of = {row["question"]: row["audio"] for row in read_jsonl(self.spoken("train"))}
-            write_jsonl(self.qa_train_data, [{**row, "audio": audio_of[row["question"]]} for row in read_jsonl(train_text)])
-        if not done(self.importance_data):
-            write_jsonl(self.importance_data, read_jsonl(self.qa_train_data)[: importance_count(preset)])
+        if not done(self.spoken("dev")):
+            write_jsonl(text_dir / "dev.jsonl", splits["dev"])
+            self._speak(text_dir / "dev.jsonl", "dev", preset.train_voice)
+        self._training_records(splits["train"])
+        if not done(self.spoken("importance")):
+            importance_text = text_dir / "importance.jsonl"
+            self._self_distil(training_prompts(importance_count(preset)), importance_text)
+            self._speak(importance_text, "importance", preset.train_voice)
         if not done(self.spoken("ppl")):
             ppl_text = text_dir / "ppl.jsonl"
-            self._self_distil(held_out_prompts(preset.ppl_records, trained), ppl_text)
+            self._self_distil(held_out_prompts(preset.ppl_records, importance_count(preset)), ppl_text)
             self._speak(ppl_text, "ppl", HELD_OUT_VOICE)
+        return {**other_writer_data().summary(), "train": len(splits["train"]), "dev": len(splits["dev"]),
+                "aligned": len(splits["align"])}
+
+    def _training_records(self, rows: list[dict]) -> None:
+        """DIR/data/train/{other,self}.jsonl: the same spoken prompts, the other writer's responses and
+        the base LLM's own (a prompt it answers with nothing is left out of both)."""
+        if done(self.train_records(OTHER)) and done(self.train_records(SELF)):
+            return
+        own_text = self.text_dir / "self.jsonl"
+        self._self_distil(rows, own_text)
+        own = {row["question"]: row["response"] for row in read_jsonl(own_text)}
+        audio_of = {row["question"]: row["audio"] for row in read_jsonl(self.spoken("train"))}
+        kept = [row for row in rows if row["question"] in own]
+        write_jsonl(self.train_records(SELF), [{"question": r["question"], "response": own[r["question"]],
+                                                "audio": audio_of[r["question"]]} for r in kept])
+        write_jsonl(self.train_records(OTHER), [{"question": r["question"], "response": r["response"],
+                                                 "audio": audio_of[r["question"]]} for r in kept])
 
     def _speak(self, text_file: Path, name: str, voice: str) -> None:
         run_command(["synthesize", "--data", str(text_file), "--out", str(self.spoken(name).parent), "--voice", voice])
@@ -121,7 +147,7 @@ class Reproduction(RunLayout):
 
     def base_importance(self) -> dict[str, dict[str, dict]]:
         """Importance of the pre-trained model (text and speech input) on D, and Table 1's two rows:
-        `paper` (PPL of the base LLM's responses to held-out training-distribution prompts) and
+        `paper` (PPL of the base LLM's responses to held-out training-question prompts) and
         `short_answers` (PPL of the QA test set's short gold answers)."""
         table1: dict[str, dict[str, dict]] = {row: {} for row in TABLE1_SETS}
         for input_kind in ("text", "speech"):
@@ -139,35 +165,49 @@ class Reproduction(RunLayout):
 
     # --- 4. train ---
     def train_methods(self) -> dict[str, dict]:
+        """The alignment stage (when the preset has one), then every run; each paper-condition method's
+        final model gets its text-input importance (the layer-shift claim, per seed)."""
         summaries = {}
-        for method in self.trained_names:
-            summaries[method] = self._distil() if method == DISTILL else self._train(method)
-            if method in METHODS:
-                self._importance(self.trained_model(method), "text", self.importance(f"{method}-text"))
+        if self.preset.align_steps:
+            summaries[ALIGN] = self._train(TrainingRun(ALIGN), run_name=ALIGN)
+        for run in self.runs:
+            summaries[run.name] = self._distil(run) if run.method == DISTILL else self._train(run)
+            if run.method in METHODS and run.in_paper_condition:
+                self._importance(self.trained_model(run.name), "text", self.importance(f"{run.name}-text"))
         return summaries
 
-    def _distil(self, run_name: str = DISTILL, seed: int = 0) -> dict:
-        """The adaptor distilled from the frozen LLM on the methods' data, steps, batch and seed."""
-        from alignment.distillation import DistillationSettings, distil_model_folder
+    def _curve_steps(self, run: TrainingRun) -> tuple[int, ...]:
+        return self.preset.checkpoint_steps() if self.preset.has_curve(run) else ()
 
-        out_dir = self.train_dir(run_name)
+    def _distil(self, run: TrainingRun) -> dict:
+        """The adaptor distilled from the frozen LLM on the runs' prompts (the LLM's own responses),
+        steps, batch and seed."""
+        from alignment.distillation import DistillationSettings
+
+        out_dir = self.train_dir(run.name)
         summary_path = out_dir / "summary.json"
         if not done(summary_path):
             preset = self.preset
-            settings = DistillationSettings(steps=preset.max_steps, batch_size=preset.batch_size, seed=seed,
+            settings = DistillationSettings(steps=preset.max_steps, batch_size=preset.batch_size, seed=run.seed,
                                             learning_rate=preset.adaptor_learning_rate,
                                             max_response_tokens=preset.response_tokens,
                                             checkpoint_every=max(1, preset.max_steps // 4), bf16=preset.train_bf16)
-            distil_model_folder(self.start_model, self.qa_train_data, out_dir, settings, self.progress)
+            distil_with_checkpoints(self.start_model, self.train_records(SELF), out_dir, settings, self._curve_steps(run),
+                                    self.progress)
             log = read_jsonl(out_dir / "distillation-log.jsonl")
             atomic_write_json(summary_path, {"output_dir": str(out_dir), "global_step": log[-1]["step"],
                                              "loss_curve": [entry["loss"] for entry in log], "settings": asdict(settings)})
         return _read_json(summary_path)
 
-    def _train(self, method: str, lora_rank: int | None = None, run_name: str | None = None, seed: int = 0) -> dict:
-        summary_path = self.train_dir(run_name or method) / "summary.json"
+    def _train(self, run: TrainingRun, lora_rank: int | None = None, run_name: str | None = None,
+               learning_rate: float | None = None, checkpoint_steps: tuple[int, ...] | None = None) -> dict:
+        name = run_name or run.name
+        summary_path = self.train_dir(name) / "summary.json"
         if not done(summary_path):
-            summary = run_command(["train", str(write_train_config(self, method, self.progress, lora_rank, run_name, seed))])
+            steps = self._curve_steps(run) if checkpoint_steps is None else checkpoint_steps
+            config = write_train_config(self, run, self.progress, lora_rank, name, learning_rate, steps)
+            summary = run_command(["train", str(config)])
+            keep_curve_checkpoints(self.train_dir(name), steps, self.start_model, lora=run.method == "lora")
             summary["loss_curve"] = self._loss_curve(Path(summary["output_dir"]))
             atomic_write_json(summary_path, summary)
         return _read_json(summary_path)
@@ -180,180 +220,256 @@ class Reproduction(RunLayout):
         return [entry["loss"] for entry in _read_json(state)["log_history"] if "loss" in entry]
 
     # --- 5. evaluate ---
-    def _eval(self, model_dir: Path, task: str, out: Path) -> float:
+    def _eval(self, model_dir: Path, task: str, out: Path, limit: int | None = None) -> float:
         if not done(out / "metrics.json"):
             run_command(["eval", "--model", str(model_dir), "--data", str(self.spoken("test")), "--task", task,
                          "--out", str(out), "--batch-size", str(self.preset.eval_batch_size),
-                         "--max-new-tokens", str(self.preset.max_new_tokens), "--dtype", self.preset.inference_dtype])
+                         "--max-new-tokens", str(self.preset.max_new_tokens), "--dtype", self.preset.inference_dtype,
+                         *(["--max-samples", str(limit)] if limit else [])])
         return _read_json(out / "metrics.json")["accuracy"]
 
     def evaluate(self) -> dict[str, Any]:
-        models = {"no_ft": self.base_model, **{name: self.trained_model(name) for name in self.trained_names}}
-        table2: dict[str, dict[str, float]] = {}
-        for name, model_dir in models.items():
-            table2[name] = {}
-            for task in ("t2t", "s2t"):
-                table2[name][task] = self._eval(model_dir, task, self._eval_dir(name, task))
-        cascade = self._eval(self.base_model, "cascade", self.dir / "eval" / "cascade")
+        """No-FT, the start model and the cascade; every run's final model; the curve runs at each
+        intermediate checkpoint (first `curve_records` questions; the checkpoint is removed once
+        evaluated) with the dev perplexity along them; the response perplexity table."""
+        for task in ("t2t", "s2t"):
+            self._eval(self.base_model, task, self.eval_dir("no_ft", task))
+        if self.preset.align_steps:
+            self._eval(self.start_model, "s2t", self.start_eval_dir("s2t"))
+        self._eval(self.base_model, "cascade", self.eval_dir("cascade", "s2t"))
+        dev_ppl = {"start": {"0": self._dev_perplexity_of("start", self.start_model, 0)}}
+        for run in self.runs:
+            along = dev_ppl.setdefault(run.name, {}) if self.preset.has_curve(run) else {}
+            for step in self._curve_steps(run):
+                self._evaluate_model(run, step)
+                along[str(step)] = self._dev_perplexity_of(run.name, self.checkpoint(run.name, step), step)
+                remove_checkpoint(self.checkpoint(run.name, step))
+            self._evaluate_model(run, FINAL)
+            if self.preset.has_curve(run):
+                along[str(self.preset.max_steps)] = self._dev_perplexity_of(run.name, self.trained_model(run.name),
+                                                                            self.preset.max_steps)
         ppl_path = self.dir / "eval" / "perplexity.json"
         if not done(ppl_path):
-            atomic_write_json(ppl_path, self._perplexity(models))
-        return {"table2": table2, "cascade": cascade, "perplexity": _read_json(ppl_path),
-                "intervals": self._intervals(models), "differences": self._differences()}
+            atomic_write_json(ppl_path, self._perplexity())
+        return {"dev_ppl": dev_ppl, "perplexity": _read_json(ppl_path)}
 
-    def _eval_dir(self, name: str, task: str) -> Path:
-        if name in FROZEN_LLM and task == "t2t":  # the LLM is the pre-trained one: No-FT's text answers, not re-run
-            name = "no_ft"
-        return self.dir / "eval" / name / task
+    def _evaluate_model(self, run: TrainingRun, step: int | str) -> None:
+        limit = None if step == FINAL else self.preset.curve_records
+        for task in ("t2t", "s2t"):
+            if not (run.frozen_llm and task == "t2t"):
+                self._eval(self.model_at(run.name, step), task, self.eval_dir(run.name, task, step), limit)
 
-    def _intervals(self, models: dict[str, Path]) -> dict[str, dict[str, dict]]:
-        """95 % bootstrap interval of every Table 2 accuracy (and the cascade's), over the test questions."""
-        intervals = {name: {task: bootstrap_interval(correct_column(self._eval_dir(name, task))[1]) for task in ("t2t", "s2t")}
-                     for name in models}
-        intervals["cascade"] = {"s2t": bootstrap_interval(correct_column(self.dir / "eval" / "cascade")[1])}
-        return intervals
+    def _dev_perplexity_of(self, name: str, model_dir: Path, step: int) -> float:
+        """The dev split's other-writer responses' PPL, speech input, of `name` at `step` (cached in DIR/eval/dev)."""
+        path = self.dir / "eval" / "dev" / f"{name}-{step}.json"
+        if not done(path):
+            from speech_llama.generate import load_model
+            from speech_llama.perplexity import response_perplexity
+            from speech_llama.records import load_records
 
-    def _differences(self) -> dict[str, dict]:
-        """Paired 95 % bootstrap intervals of the differences the claims rest on (`report.COMPARISONS`)."""
-        return {f"{task}: {a} − {b}": compare_runs(self._eval_dir(a, task), self._eval_dir(b, task))["a_minus_b"]
-                for task, a, b in comparisons(self.trained_names)}
+            model, processor = load_model(model_dir, dtype=self.preset.inference_dtype)
+            records = load_records(self.dev_records, require_audio=True)
+            result = response_perplexity(model, processor, records, input="speech",
+                                         batch_size=self.preset.importance_batch_size)
+            atomic_write_json(path, {"ppl": result.ppl})
+        return _read_json(path)["ppl"]
 
-    def _perplexity(self, models: dict[str, Path]) -> dict[str, dict[str, float]]:
+    def _perplexity(self) -> dict[str, dict[str, float]]:
+        """Response PPL on Table 1's held-out set (the base LLM's responses), text and speech input, of
+        No-FT and each seed-0 final of the paper's condition; text input of the controls'."""
         from speech_llama.generate import load_model
         from speech_llama.perplexity import response_perplexity
         from speech_llama.records import load_records
 
         records = load_records(self.spoken("ppl"), require_audio=True)
-        perplexity = {}
-        for name, model_dir in models.items():
-            if name == "no_ft":  # Table 1's intact base model: the same model, records, batch and function
-                perplexity[name] = {kind: _read_json(self.table1_result("paper", kind))["ppl"]["base"]
-                                    for kind in ("text", "speech")}
-                continue
-            model, processor = load_model(model_dir, dtype=self.preset.inference_dtype)
-            perplexity[name] = {
-                input_kind: response_perplexity(model, processor, records, input=input_kind,
-                                                batch_size=self.preset.importance_batch_size).ppl
-                for input_kind in ("text", "speech") if not (name in FROZEN_LLM and input_kind == "text")
+        # Table 1's intact base model: the same model, records, batch and function
+        perplexity = {"no_ft": {kind: _read_json(self.table1_result("paper", kind))["ppl"]["base"]
+                                for kind in ("text", "speech")}}
+        for run in (run for run in self.runs if run.seed == 0):
+            model, processor = load_model(self.trained_model(run.name), dtype=self.preset.inference_dtype)
+            # The controls' speech-input PPL says little (a typed-question run never trained its adaptor): text only.
+            kinds = ("text", "speech") if run.in_paper_condition else ("text",)
+            perplexity[run.series] = {
+                kind: perplexity["no_ft"]["text"] if run.frozen_llm and kind == "text" else  # the frozen LLM's, as No-FT's
+                response_perplexity(model, processor, records, input=kind, batch_size=self.preset.importance_batch_size).ppl
+                for kind in kinds
             }
-        for name in FROZEN_LLM:  # frozen LLM: text input reads the same weights as No-FT
-            if name in perplexity:
-                perplexity[name] = {"text": perplexity["no_ft"]["text"], **perplexity[name]}
         return perplexity
-
-    # --- Table 3: the LoRA-rank ablation (`--ablation lora-rank`, after the main run) ---
-    def lora_rank_ablation(self) -> dict[str, Any]:
-        """LoRA at each of `LORA_RANKS` on the main run's data, steps and seed: T2T / S2T with 95 % intervals,
-        and the paired difference of each rank to the main run's rank. Returns results.json's `table3`."""
-        main_rank = self.preset.lora_rank
-        rows = {}
-        for rank in LORA_RANKS:
-            name = lora_run_name(rank, main_rank)
-            summary = self._train("lora", rank, name)
-            row = {"run": name, "steps": summary.get("global_step")}
-            for task in ("t2t", "s2t"):
-                row[task] = self._eval(self.trained_model(name), task, self._eval_dir(name, task))
-                row[f"{task}_ci95"] = bootstrap_interval(correct_column(self._eval_dir(name, task))[1])
-                if rank != main_rank:
-                    row[f"{task}_minus_rank_{main_rank}"] = compare_runs(self._eval_dir(name, task),
-                                                                         self._eval_dir("lora", task))["a_minus_b"]
-            rows[str(rank)] = row
-        return {"main_rank": main_rank, "ranks": rows}
-
-    def run_ablation(self, name: str) -> dict[str, Any]:
-        """Run (or finish) the main reproduction, then the named ablation; results.json and report.md gain it."""
-        if name != "lora-rank":
-            raise ValueError(f"unknown ablation {name!r}; the one there is: lora-rank")
-        return self._extend(self.run(), "table3", "ablation lora-rank", self.lora_rank_ablation)
-
-    # --- --seeds N: every method trained again with seeds 1 … N-1 ---
-    def seed_repeats(self, seeds: int) -> dict[str, Any]:
-        """Each method (and distill) with seeds 0 … N-1 on the same data and steps (seed 0 is the main
-        run): T2T / S2T per seed, their mean and sample standard deviation. Returns results.json's `seeds`."""
-        import statistics
-
-        methods = {}
-        for method in (*METHODS, DISTILL):
-            values: dict[str, list[float]] = {"t2t": [], "s2t": []}
-            for seed in range(seeds):
-                name = method if seed == 0 else f"{method}-seed{seed}"
-                if seed:
-                    self._distil(name, seed) if method == DISTILL else self._train(method, run_name=name, seed=seed)
-                for task in values:
-                    eval_name = name if not (method in FROZEN_LLM and task == "t2t") else "no_ft"
-                    values[task].append(self._eval(self.trained_model(name), task, self._eval_dir(eval_name, task)))
-            methods[method] = {task: {"values": v, "mean": round(statistics.fmean(v), 4),
-                                      "std": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0}
-                               for task, v in values.items()}
-        return {"n": seeds, "methods": methods}
-
-    def run_seeds(self, seeds: int, results: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run (or finish) the main reproduction, then `seed_repeats`; results.json and report.md gain them."""
-        if seeds < 2:
-            raise ValueError(f"--seeds must be at least 2 to measure a spread, got {seeds}")
-        return self._extend(results or self.run(), "seeds", f"seeds x{seeds}", lambda: self.seed_repeats(seeds))
-
-    def _extend(self, results: dict[str, Any], key: str, stage: str, function) -> dict[str, Any]:
-        results[key] = self.stage(stage, function)
-        results["stage_seconds"] = dict(self.timings)
-        atomic_write_json(self.dir / "results.json", results)
-        (self.dir / "report.md").write_text(render_report(results, self.dir))
-        return results
 
     # --- 6. figures and results ---
     def compare(self) -> dict[str, Any]:
-        """Layer-profile shift of each trained model vs the pre-trained one (+ figures)."""
+        """Layer-profile shift of each seed-0 method vs the pre-trained model (+ figures)."""
         compare_dir = self.dir / "figures"
-        artifacts = [self.importance("base-text"), self.importance("base-speech")] + [
-            self.importance(f"{method}-text") for method in METHODS
-        ]
+        names = [TrainingRun(method).name for method in METHODS]
+        artifacts = [self.importance("base-text"), self.importance("base-speech"),
+                     *(self.importance(f"{name}-text") for name in names)]
         labels = ["base (text)", "base (speech)"] + [f"{method} (text)" for method in METHODS]
         if not done(compare_dir / "compare.json"):
             run_command(["compare", *map(str, artifacts), "--labels", *labels, "--out", str(compare_dir),
-                         "--checkpoint-a", str(self.base_model), "--checkpoint-b", str(self.trained_model("full"))])
+                         "--checkpoint-a", str(self.base_model), "--checkpoint-b", str(self.trained_model(names[0]))])
         return _read_json(compare_dir / "compare.json")
 
-    def shift_table(self) -> dict[str, dict[str, float]]:
+    def shift_per_seed(self) -> dict[str, list[dict]]:
+        """Each method's text-input layer-profile shift vs the pre-trained model, one row per seed."""
         from importance.analyse import layer_profile, shift_metrics
         from importance.artifact import load_artifact
 
         base = layer_profile(load_artifact(self.importance("base-text")).summary)
-        table = {}
-        for method in METHODS:
-            after = layer_profile(load_artifact(self.importance(f"{method}-text")).summary)
-            metrics = shift_metrics(base, after)
-            table[method] = {"js_divergence": metrics["js_divergence"], "spearman": metrics["spearman"],
-                             "peak_layer": metrics["peak_layer"]["after"]}
+        table: dict[str, list[dict]] = {method: [] for method in METHODS}
+        for run in self.runs:
+            if run.method in METHODS and run.in_paper_condition:
+                metrics = shift_metrics(base, layer_profile(load_artifact(self.importance(f"{run.name}-text")).summary))
+                table[run.method].append({"seed": run.seed, "js_divergence": metrics["js_divergence"],
+                                          "spearman": metrics["spearman"], "peak_layer": metrics["peak_layer"]["after"]})
         return table
+
+    def results(self, table1: dict, other_writer: dict, training: dict, evaluation: dict) -> dict[str, Any]:
+        """Everything results.json holds, computed from the stages' files."""
+        outcomes = Outcomes(self, self.runs)
+        accuracy = accuracy_tables(outcomes)
+        diffs = differences(outcomes)
+        curve_runs = [run for run in self.runs if self.preset.has_curve(run)]
+        limit = self.preset.curve_records
+        curve_table = curves(outcomes, curve_runs, self.preset.checkpoint_steps(), self.preset.max_steps, limit,
+                             evaluation["dev_ppl"])
+        shift = shift_summary(self.shift_per_seed())
+        return {
+            "preset": {**asdict(self.preset), "curve_fractions": list(self.preset.curve_fractions)},  # as JSON reads it back
+            "other_writer": other_writer,
+            "importance_records": importance_count(self.preset),
+            "table1": _table1_rows(table1["paper"]),
+            "table1_short_answers": _table1_rows(table1["short_answers"]),
+            **accuracy,
+            "perplexity": evaluation["perplexity"],
+            "differences": diffs,
+            "curves": curve_table,
+            "dev_choice": dev_choice(curve_table),
+            "frontier": frontier(curve_table, outcomes, limit),
+            "shift": shift,
+            "training": {name: {"first_loss": (s["loss_curve"] or [None])[0], "last_loss": (s["loss_curve"] or [None])[-1],
+                                "steps": s.get("global_step")} for name, s in training.items()},
+            "hypotheses": hypotheses(table1["paper"], shift, diffs),
+        }
+
+    def check_design(self) -> None:
+        """Refuse a DIR written by another design: its cached stages would be mixed into this run's.
+        `DIR/preset.json` records the preset that wrote DIR."""
+        stamp = self.dir / "preset.json"
+        current = json.loads(json.dumps(asdict(self.preset)))
+        if not stamp.is_file():
+            if (self.dir / "data").exists():
+                raise ValueError(f"{self.dir} holds a reproduction without preset.json (an earlier design): "
+                                 "move it away or pass a new --out")
+            atomic_write_json(stamp, current)
+            return
+        written = _read_json(stamp)
+        changed = sorted(key for key in current.keys() | written.keys()
+                         if key not in RESUMABLE_CHANGES and current.get(key) != written.get(key))
+        if changed:
+            raise ValueError(f"{stamp}: this folder was written with other settings ({', '.join(changed)}); "
+                             "move it away or pass a new --out")
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.check_design()
         self.stage("model", self.build_model)
-        self.stage("data", self.prepare_data)
+        other_writer = self.stage("data", self.prepare_data)
         table1 = self.stage("importance", self.base_importance)
         training = self.stage("train", self.train_methods)
         evaluation = self.stage("evaluate", self.evaluate)
         self.stage("figures", self.compare)
-        save_accuracy_figure(evaluation, self.dir / "figures")
-        shift = self.shift_table()
-        results = {
-            "preset": asdict(self.preset),
-            "table1": _table1_rows(table1["paper"]),
-            "table1_short_answers": _table1_rows(table1["short_answers"]),
-            "table2": evaluation["table2"],
-            "cascade": evaluation["cascade"],
-            "perplexity": evaluation["perplexity"],
-            "shift": shift,
-            "training": {m: {"first_loss": (s["loss_curve"] or [None])[0], "last_loss": (s["loss_curve"] or [None])[-1],
-                             "steps": s.get("global_step")} for m, s in training.items()},
-            "intervals": evaluation["intervals"],
-            "differences": evaluation["differences"],
-            "hypotheses": hypotheses(table1["paper"], shift, evaluation["table2"], evaluation["differences"]),
-            "stage_seconds": dict(self.timings),
-            "wall_s": round(sum(self.timings[stage] for stage in MAIN_STAGES), 1),
-            "this_run_s": round(time.perf_counter() - started, 1),
-        }
+        results = self.results(table1, other_writer, training, evaluation)
+        save_accuracy_figure(results, self.dir / "figures")
+        save_frontier_figure(results, self.dir / "figures")
+        results |= {"stage_seconds": dict(self.timings),
+                    "wall_s": round(sum(self.timings.get(stage, 0.0) for stage in MAIN_STAGES), 1),
+                    "this_run_s": round(time.perf_counter() - started, 1)}
+        self._write(results)
+        return results
+
+    def _write(self, results: dict[str, Any]) -> None:
         atomic_write_json(self.dir / "results.json", results)
         (self.dir / "report.md").write_text(render_report(results, self.dir))
+
+    def _extend(self, results: dict[str, Any], key: str, stage: str, function) -> dict[str, Any]:
+        results[key] = self.stage(stage, function)
+        results["stage_seconds"] = dict(self.timings)
+        self._write(results)
         return results
+
+    # --- ablations, after the main run (its stages reused) ---
+    def run_ablation(self, name: str) -> dict[str, Any]:
+        """Run (or finish) the main reproduction, then the named ablation; results.json and report.md gain it."""
+        ablations = {"lora-rank": ("table3", self.lora_rank_ablation),
+                     "learning-rate": ("learning_rates", self.learning_rate_ablation)}
+        if name not in ablations:
+            raise ValueError(f"unknown ablation {name!r}; the ones there are: {', '.join(ablations)}")
+        key, function = ablations[name]
+        return self._extend(self.run(), key, f"ablation {name}", function)
+
+    def lora_rank_ablation(self) -> dict[str, Any]:
+        """Table 3: LoRA at each of `LORA_RANKS` in the paper's condition, seed 0, on the main run's data and
+        steps: T2T / S2T with 95 % intervals, and the paired difference of each rank to the main run's rank."""
+        main_rank = self.preset.lora_rank
+        main = TrainingRun("lora")
+        rows = {}
+        for rank in LORA_RANKS:
+            name = lora_run_name(rank, main_rank)
+            summary = self._train(main, rank, name, checkpoint_steps=()) if rank != main_rank else self._train(main)
+            row = {"run": name, "steps": summary.get("global_step")}
+            for task in ("t2t", "s2t"):
+                row[task] = self._eval(self.trained_model(name), task, self.eval_dir(name, task))
+                row[f"{task}_ci95"] = bootstrap_interval(correct_column(self.eval_dir(name, task))[1])
+                if rank != main_rank:
+                    row[f"{task}_minus_rank_{main_rank}"] = compare_runs(self.eval_dir(name, task),
+                                                                         self.eval_dir(main.name, task))["a_minus_b"]
+            rows[str(rank)] = row
+        return {"main_rank": main_rank, "ranks": rows}
+
+    def learning_rate_ablation(self) -> dict[str, Any]:
+        """How the preset's learning rates and steps are chosen: Full-FT and LoRA in the paper's condition
+        (seed 0) at the preset's rate times each of `LR_FACTORS`, checkpoints at the curve's steps, and the
+        dev split's response perplexity (speech input) at each; the main run's own rate is the factor 1.
+        The choice per method is the (rate, step) with the lowest dev perplexity — never a test question."""
+        steps = self.preset.checkpoint_steps()
+        table: dict[str, dict] = {}
+        for method in ("full", "lora"):
+            run = TrainingRun(method)
+            base = self.preset.lora_learning_rate if method == "lora" else self.preset.learning_rate
+            rows = {f"{base:g}": self._dev_curve(run.name, (*steps, self.preset.max_steps))}
+            for factor in LR_FACTORS:
+                rate = base * factor
+                name = f"{run.name}-lr{rate:g}"
+                self._train(run, run_name=name, learning_rate=rate, checkpoint_steps=steps)
+                rows[f"{rate:g}"] = self._dev_curve(name, (*steps, self.preset.max_steps))
+            best_rate, best_step = min(((rate, step) for rate, curve in rows.items() for step in curve),
+                                       key=lambda key: rows[key[0]][key[1]])
+            table[method] = {"preset_rate": base, "dev_ppl": rows, "chosen": {"rate": float(best_rate), "step": int(best_step)}}
+        return table
+
+    def _dev_curve(self, name: str, steps: tuple[int, ...]) -> dict[str, float]:
+        """{step: dev PPL} of a run at `steps` (the last is its final model; a measured step is read from
+        DIR/eval/dev); its intermediate checkpoints are removed once measured."""
+        curve = {}
+        for step in steps:
+            model = self.trained_model(name) if step == self.preset.max_steps else self.checkpoint(name, step)
+            curve[str(step)] = self._dev_perplexity_of(name, model, step)
+            if step != self.preset.max_steps:
+                remove_checkpoint(model)
+        return curve
+
+
+def dev_choice(curve_table: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per curve series: the step whose model has the lowest dev perplexity (the dev split's other-writer
+    responses, speech input) — where training would stop if the dev split chose it."""
+    choice = {}
+    for name, points in curve_table.items():
+        measured = [point for point in points if point.get("dev_ppl") is not None]
+        if measured:
+            best = min(measured, key=lambda point: point["dev_ppl"])
+            choice[name] = {"step": best["step"], "dev_ppl": best["dev_ppl"]}
+    return choice
+
+
+__all__ = ["MAIN_STAGES", "Reproduction", "dev_choice", "run_command"]
