@@ -32,8 +32,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/speech-llama demo
 
+# --durations: the slowest tests, to keep the suite within its 15-minute budget.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 # The seed paper's experiments in miniature on offline-mini (results.json + report.md).
 paper: $(STAMP)
