@@ -27,7 +27,7 @@ TIMEOUT_S = 300
 # Benches whose smoke run still uses the offline pretrained weights (Piper voices): `-m "not real_weights"` skips them.
 REAL_WEIGHTS = {"synthesize.py", "synthesize_engines.py"}
 # Over ~20 s even at smoke size (pyproject's `slow`): four launches, two of them of two processes (~40 s on 2 cores).
-SLOW = {"fsdp_memory.py"}
+SLOW = {"fsdp_memory.py", "real_shapes.py"}
 
 
 def marks(name: str) -> list:
@@ -135,14 +135,40 @@ def check_synthesize_engines(result: dict, lines: list[str]) -> None:
     assert result["n"] == 4 and result["chunk"] == 2, result
 
 
+def check_real_shapes(result: dict, lines: list[str]) -> None:
+    assert result["ok"] is True, result
+    assert result["scale"] == 16 and result["decoder_layers"] == 2 and result["decoder_layers_real"] == 16, result
+    assert "2 of 16 decoder layers" in lines[0] and "every matrix at its real shape" in lines[0], lines[0]
+    assert all(stage["tokens"] > 0 and stage["layers"] == 2 for stage in result["importance"].values()), result
+    assert set(result["table1"]["ppl"]) == {"base", "top", "bottom", "random"}, result["table1"]
+    assert result["eval"]["n"] == result["records"], result["eval"]
+    for method in ("full", "layer_lr", "lora"):
+        figures = result["train"][method]
+        assert figures["steps"] == result["steps"] and figures["world_size"] == 2, (method, figures)
+        assert len(figures["ranks"]) == 2 and all(positive(rank["measured_MB"]) for rank in figures["ranks"]), figures
+    assert result["trained_auto_load"]["max_weight_change"] > 0, result["trained_auto_load"]
+
+
+def check_gpu_recipe(result: dict, lines: list[str]) -> None:
+    assert result["ok"] is True and result["device"] == "cpu" and result["scale"] == 16, result
+    assert positive(result["importance"]["tokens_per_s"]) and len(result["importance"]["layers"]) == 2, result
+    for method in ("full", "layer_lr", "lora"):
+        figures = result["train"][method]
+        assert positive(figures["tokens_per_s"]) and positive(figures["importance_speedup"]), (method, figures)
+        assert len(figures["losses"]) == result["batches"]["count"] + 1, (method, figures)
+    assert result["train"]["lora"]["trainable"] < result["train"]["full"]["trainable"], result["train"]
+
+
 CHECKS = {
     "build_offline_mini.py": check_build_offline_mini,
     "eval_batching.py": check_eval_batching,
     "fsdp_memory.py": check_fsdp_memory,
+    "gpu_recipe.py": check_gpu_recipe,
     "importance_overhead.py": check_importance_overhead,
     "inference_dtype.py": check_inference_dtype,
     "layer_lr_overhead.py": check_layer_lr_overhead,
     "perplexity.py": check_perplexity,
+    "real_shapes.py": check_real_shapes,
     "serve_load.py": check_serve_load,
     "synthesize.py": check_synthesize,
     "synthesize_engines.py": check_synthesize_engines,

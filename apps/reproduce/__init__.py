@@ -45,14 +45,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import paper
 from .experiments import ALIGN, DISTILL, EXPERIMENT_PRESETS, METHODS, ExperimentPreset, TrainingRun
+from .paper import PAPER_PRESETS
 from .report import hypotheses, render_report
 from .runner import Reproduction, run_command
 from .splits import training_prompts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=("cpu-mini", "gpu-1b"), default="cpu-mini")
+    parser.add_argument("--preset", choices=("cpu-mini", "gpu-1b", *PAPER_PRESETS), default="cpu-mini",
+                        help="paper-1b / paper-8b: the paper's models and data on GPUs (docs/real-run.md)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--fast", action="store_true", help="a ≤ 10 min smoke run of every stage (tiny sizes)")
     parser.add_argument("--ablation", choices=("lora-rank", "learning-rate"),
@@ -61,9 +64,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int,
                         help="seeds of every method in the paper's condition (default: the preset's; cpu-mini 3, --fast 2)")
     parser.add_argument("--no-progress", action="store_true")
+    group = parser.add_argument_group("paper-1b / paper-8b")
+    group.add_argument("--dry-run", action="store_true", help="print the plan and open every data set (one record)")
+    group.add_argument("--train-records", type=int, help="first turns taken from each training set")
+    group.add_argument("--gpus", type=int, help="FSDP processes (GPUs) of the run")
+    group.add_argument("--data-root", type=Path, help="local copies of the data sets, one folder per repository name")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.preset in PAPER_PRESETS:
+        return paper.run(args)
+    used = [flag for flag, key in (("--dry-run", "dry_run"), ("--train-records", "train_records"), ("--gpus", "gpus"),
+                                   ("--data-root", "data_root")) if getattr(args, key, None)]
+    if used:
+        raise ValueError(f"{', '.join(used)}: only for --preset paper-1b / paper-8b")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; pass a folder (new, or one a run wrote, to resume it)")
     if args.seeds is not None and args.seeds < 1:

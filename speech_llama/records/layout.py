@@ -25,7 +25,8 @@ HUB_DATASET_KINDS = {
 
 # Column names tried in order, for sources whose exact layout is not pinned down.
 QUESTION_COLUMNS = ("question", "question_text", "query")
-AUDIO_COLUMNS = ("audio", "question_audio", "speech", "question_speech", "speech_input")
+# GSQA/spoken-alpaca-gpt4 keeps its question audio in "input_audio" (its "speech_input" is text).
+AUDIO_COLUMNS = ("audio", "question_audio", "input_audio", "speech", "question_speech", "speech_input")
 TURNS_COLUMNS = ("conversation", "conversations", "messages")
 # Instruction layouts without a turns column: (question column, response column).
 INSTRUCTION_PAIRS = (
