@@ -329,6 +329,8 @@ def memory_per_rank(method: str, params: int, ranks: int, dtype_bytes: int = 2, 
         unit: parameters of the largest FSDP unit (one decoder layer).
         root: parameters gathered for a whole step (importance: the root unit with embeddings,
             lm_head, adaptor, norms; training: accelerate's tail unit, lm_head + final norm).
+            Full-FT and Layer-LR train it: its unsharded gradient and fp32 reduce-scatter buffer
+            are held too, which at Llama-3's 128 257-row vocabulary is the largest gathered term.
     Returns:
         ``{"sharded": …, "gathered": …, "total": …}`` in bytes:
 
@@ -337,7 +339,8 @@ def memory_per_rank(method: str, params: int, ranks: int, dtype_bytes: int = 2, 
           weight, fp32 gradient and two fp32 AdamW moments per trained parameter — Layer-LR only
           splits the same tensors into more groups);
         - gathered (R > 1) = (3b + 4)·unit + b·root: a running unit and the prefetched next one,
-          the running unit's unsharded gradient and its fp32 reduce-scatter buffer, plus the root.
+          the running unit's unsharded gradient and its fp32 reduce-scatter buffer, plus the root;
+          full / layer_lr add the root's gradient and reduce-scatter buffer: + (b + 4)·root.
     """
     if method not in ("importance", "full", "layer_lr", "lora"):
         raise ValueError(f"unknown method {method!r}")
@@ -349,7 +352,8 @@ def memory_per_rank(method: str, params: int, ranks: int, dtype_bytes: int = 2, 
     else:
         trainable = params if trainable is None else trainable
         sharded = ((params - trainable) * dtype_bytes + trainable * 16) / ranks
-    gathered = (unit * (3 * dtype_bytes + 4) + root * dtype_bytes) if ranks > 1 else 0
+    root_bytes = 2 * dtype_bytes + 4 if method in ("full", "layer_lr") else dtype_bytes
+    gathered = (unit * (3 * dtype_bytes + 4) + root * root_bytes) if ranks > 1 else 0
     return {"sharded": int(sharded), "gathered": int(gathered), "total": int(sharded + gathered)}
 
 

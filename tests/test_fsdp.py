@@ -129,6 +129,17 @@ def test_memory_model_shards_every_term():
         memory_per_rank("adam", 1, 1)
 
 
+def test_memory_model_gathers_a_trained_root_with_its_gradient():
+    """A unit: two copies, gradient, fp32 reduce-scatter buffer; the root: its weights, and when trained
+    (Full-FT, Layer-LR) also its gradient and buffer (bench/real_shapes.py measured this at vocab 128 257)."""
+    unit, root = 10**6, 10**7
+    assert memory_per_rank("importance", 10**9, 2, 2, unit=unit, root=root)["gathered"] == 10 * unit + 2 * root
+    assert memory_per_rank("lora", 10**9, 2, 2, trainable=10**7, unit=unit, root=root)["gathered"] == 10 * unit + 2 * root
+    for method in ("full", "layer_lr"):
+        assert memory_per_rank(method, 10**9, 2, 4, unit=unit, root=root)["gathered"] == 16 * unit + 12 * root
+    assert memory_per_rank("full", 10**9, 1, 4, unit=unit, root=root)["gathered"] == 0
+
+
 # --- importance: two processes vs one -----------------------------------------------------------------
 
 
