@@ -1,5 +1,11 @@
 """`speech-llama serve` under load: 1, 8 and 32 concurrent streaming clients on the same typed questions.
 
+Workloads (--workload): `instructions` (default), the first 96 prompts of data/train_questions.jsonl
+("Give me three tips for…": answers run to the 32-token budget); `demo`, the first 32 questions of
+data/demo_qa.jsonl (short factual answers). A finite run ends with a drain — the last requests decode
+in a batch that empties row by row — which weighs more the fewer requests each client sends: the
+demo workload's 4 requests per client at 8 clients spend about a third of their decode steps below 7 rows.
+
 The server (max batch 8, the command's default) runs in this process on a loopback port; the clients
 are the `openai` client on threads, each taking the next question until all are answered. One
 client (requests one after another) is the reference; for each level: requests/s, completion
@@ -9,7 +15,8 @@ after --level-limit-s (its figures are then over the answered ones).
 Last line: {"throughput_ratio_8": tokens/s(8 clients) / tokens/s(1), "identical": all answers equal, ...}.
 Target: throughput_ratio_8 >= 4 with identical answers (offline-mini, 2 CPU cores).
 
-    python bench/serve_load.py [--smoke]   (--smoke: tiny-random, 8 questions of 8 tokens, in seconds)
+    python bench/serve_load.py [--workload instructions|demo] [--smoke]
+        (--smoke: tiny-random, the workload's first 8 questions, 8 tokens each, in seconds)
 """
 
 from __future__ import annotations
@@ -29,14 +36,15 @@ from openai import OpenAI
 
 from speech_llama.generate import load_model
 from speech_llama.presets import build_offline_mini, build_tiny_random
-from speech_llama.records import load_records
+from speech_llama.files import read_jsonl
 from speech_llama.serving import ServeConfig, create_app, serving_in_background
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ROOT / "data" / "demo_qa.jsonl"
+# workload → (file, questions taken from its head)
+WORKLOADS = {"instructions": (ROOT / "data" / "train_questions.jsonl", 96), "demo": (ROOT / "data" / "demo_qa.jsonl", 32)}
 MODEL_DIR = ROOT / "runs" / "offline-mini"
 LEVELS = (1, 8, 32)
-NUM_QUESTIONS, MAX_NEW_TOKENS = 32, 32
+MAX_NEW_TOKENS = 32
 MAX_BATCH = 8
 LEVEL_LIMIT_S = 300.0
 # --smoke: tiny-random, a handful of questions and tokens (the same three levels)
@@ -119,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true",
                         help=f"the same levels on tiny-random (temporary folder): {SMOKE_QUESTIONS} questions of "
                              f"{SMOKE_MAX_NEW_TOKENS} new tokens, in seconds (for tests)")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="instructions",
+                        help="instructions: 96 prompts with long answers (default); demo: 32 short factual questions")
     parser.add_argument("--level-limit-s", type=float, default=LEVEL_LIMIT_S,
                         help=f"stop handing out questions after this long at one level (default {LEVEL_LIMIT_S:g})")
     return parser
@@ -127,17 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
+        path, count = WORKLOADS[args.workload]
+        questions = [record["question"] for record in read_jsonl(path)]
         if args.smoke:
-            return compare(build_tiny_random(Path(scratch) / "tiny-random"), SMOKE_QUESTIONS, SMOKE_MAX_NEW_TOKENS,
-                           args.level_limit_s)
+            return compare(build_tiny_random(Path(scratch) / "tiny-random"), questions[:SMOKE_QUESTIONS],
+                           SMOKE_MAX_NEW_TOKENS, args.level_limit_s, args.workload)
         if not (MODEL_DIR / "config.json").is_file():
             build_offline_mini(MODEL_DIR)
-        return compare(MODEL_DIR, NUM_QUESTIONS, MAX_NEW_TOKENS, args.level_limit_s)
+        return compare(MODEL_DIR, questions[:count], MAX_NEW_TOKENS, args.level_limit_s, args.workload)
 
 
-def compare(model_dir: Path, num_questions: int, max_new_tokens: int, limit_s: float) -> int:
+def compare(model_dir: Path, questions: list[str], max_new_tokens: int, limit_s: float, workload: str) -> int:
     model, processor = load_model(model_dir)
-    questions = [record["question"] for record in load_records(QUESTIONS, max_samples=num_questions)]
     config = ServeConfig(model_name=SERVED_NAME, max_batch=MAX_BATCH, max_queue=max(LEVELS), max_new_tokens=max_new_tokens)
     levels, answers = {}, {}
     with serving_in_background(create_app(model, processor, config)) as url:
@@ -160,6 +171,7 @@ def compare(model_dir: Path, num_questions: int, max_new_tokens: int, limit_s: f
         "identical": not differing,
         "differing_questions": differing,
         "levels": {str(clients): figures for clients, figures in levels.items()},
+        "workload": workload,
         "n": len(questions),
         "max_new_tokens": max_new_tokens,
         "max_batch": MAX_BATCH,

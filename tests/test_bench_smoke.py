@@ -115,6 +115,7 @@ def check_perplexity(result: dict, lines: list[str]) -> None:
 def check_serve_load(result: dict, lines: list[str]) -> None:
     assert positive(result["throughput_ratio_8"]) and positive(result["throughput_ratio_32"]), result
     assert result["identical"] is True and result["differing_questions"] == [], result
+    assert result["workload"] == "instructions" and result["n"] == 8, result
     for clients in ("1", "8", "32"):
         figures = result["levels"][clients]
         assert positive(figures["tokens_per_s"]) and positive(figures["first_token_p50_s"]), (clients, figures)
