@@ -4,9 +4,10 @@
         two `speech-llama importance` runs in one launch (imports are the slow part):
         text input, mean reduction, float64 weights, with batch POISON_BATCH's loss made NaN on rank 1 only;
         speech input, abs_per_batch, float64 weights (see tests/test_fsdp.py for why).
-    fsdp_driver.py train OUT MODEL DATA
-        `trainers.run.main` three times: Layer-LR (4 steps, checkpoints 2 and 4), the same run resumed
-        from its checkpoint-2 into another folder, LoRA (2 steps, adapter + merged exports).
+    fsdp_driver.py train OUT MODEL DATA IMPORTANCE
+        `trainers.run.main` five times: Layer-LR (4 steps, checkpoints 2 and 4), the same run resumed
+        from its checkpoint-2 into another folder, LoRA (2 steps, adapter + merged exports),
+        region_freeze and importance_anchor (2 steps each, from the IMPORTANCE artifact).
         Each run writes OUT/<run>/fsdp-rank<r>.json: the optimizer's groups as the wrapped model
         sees them, the FSDP units and this rank's peak RSS.
 """
@@ -64,7 +65,22 @@ def run_importance(out: Path, model: str, text_data: str, speech_data: str, pois
     assert main(speech) in (0, None)
 
 
-def train_runs(out: Path, model: str, data: str) -> dict[str, list[str]]:
+def constrained_runs(out: Path, model: str, data: str, importance: str, batch: int) -> dict[str, list[str]]:
+    """region_freeze and importance_anchor, 2 steps at a constant rate with weight decay; ``batch`` per process
+    (the one-process runs the test compares with take the two processes' global batch)."""
+    full = str(REPO / "trainers" / "configs" / "tiny-random" / "full.yaml")
+    common = ["--model_name_or_path", model, "--train_data", data, "--per_device_train_batch_size", str(batch),
+              "--importance", importance, "--max_steps", "2", "--save_strategy", "no", "--weight_decay", "0.1",
+              "--lr_scheduler_type", "constant", "--warmup_steps", "0"]
+    return {
+        "region_freeze": [full, *common, "--method", "region_freeze", "--region_fraction", "0.05",
+                          "--output_dir", str(out / "region_freeze")],
+        "importance_anchor": [full, *common, "--method", "importance_anchor", "--anchor_lambda", "1000",
+                              "--output_dir", str(out / "importance_anchor")],
+    }
+
+
+def train_runs(out: Path, model: str, data: str, importance: str) -> dict[str, list[str]]:
     configs = REPO / "trainers" / "configs" / "tiny-random"
     common = ["--model_name_or_path", model, "--train_data", data, "--per_device_train_batch_size", "2"]
     return {
@@ -75,6 +91,7 @@ def train_runs(out: Path, model: str, data: str) -> dict[str, list[str]]:
                     "--resume_from_checkpoint", str(out / "layer_lr" / "checkpoint-2")],
         "lora": [str(configs / "lora.yaml"), *common, "--max_steps", "2", "--save_strategy", "no",
                  "--output_dir", str(out / "lora")],
+        **constrained_runs(out, model, data, importance, batch=2),
     }
 
 
@@ -98,7 +115,7 @@ def group_report(model, optimizer) -> list[dict]:
     return report
 
 
-def run_training(out: Path, model: str, data: str) -> None:
+def run_training(out: Path, model: str, data: str, importance: str) -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
     from transformers import TrainerCallback
@@ -124,7 +141,7 @@ def run_training(out: Path, model: str, data: str) -> None:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / f"fsdp-rank{dist.get_rank()}.json").write_text(json.dumps(self.record, indent=1))
 
-    for run, argv in train_runs(out, model, data).items():
+    for run, argv in train_runs(out, model, data, importance).items():
         main(argv, callbacks=[Report(out / run)])
 
 

@@ -91,12 +91,16 @@ def check_inference_dtype(result: dict, lines: list[str]) -> None:
     assert isinstance(result["cpu_runs_bfloat16"], bool)
 
 
-def check_layer_lr_overhead(result: dict, lines: list[str]) -> None:
-    for key in ("step_time_ratio", "optimizer_step_ratio", "ratio_of_medians", "full_step_s", "layer_lr_step_s"):
-        assert positive(result[key]), (key, result)
+def check_method_overhead(result: dict, lines: list[str]) -> None:
+    arms = ("layer_lr", "region_freeze", "importance_anchor")
+    assert all(positive(result["step_time_ratio"][arm]) and positive(result["optimizer_step_ratio"][arm]) for arm in arms)
+    assert all(positive(seconds) for seconds in result["step_s"].values()) and set(result["step_s"]) == {"full", *arms}
     assert result["model"] == "tiny-random" and result["steps"] == 2, result
     # one group per decoder layer × decay (plus the rest) against full fine-tuning's few
     assert result["groups"]["layer_lr"] > result["groups"]["full"] >= 1, result
+    memory = result["constraint_memory"]
+    assert memory["region_freeze"]["frozen_entries"] > 0 and memory["region_freeze"]["bytes_here"] > 0, memory
+    assert memory["importance_anchor"]["bytes_here"] > 8 * memory["region_freeze"]["frozen_entries"], memory
     assert any(line.startswith("tiny-random: full") for line in lines[:-1]), "no side-by-side line before the JSON"
 
 
@@ -167,7 +171,7 @@ CHECKS = {
     "gpu_recipe.py": check_gpu_recipe,
     "importance_overhead.py": check_importance_overhead,
     "inference_dtype.py": check_inference_dtype,
-    "layer_lr_overhead.py": check_layer_lr_overhead,
+    "method_overhead.py": check_method_overhead,
     "perplexity.py": check_perplexity,
     "real_shapes.py": check_real_shapes,
     "serve_load.py": check_serve_load,

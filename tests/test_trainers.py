@@ -376,6 +376,10 @@ def test_stage1_configs_carry_llama_omni_defaults(config):
         assert (values["lora_r"], values["lora_alpha"], values["lora_dropout"]) == (16, 32, 0.05)
     if config.stem == "layer_lr":
         assert values["importance"].endswith(".json") and values["layer_lr_alpha"] == 0.4
+    if config.stem == "region_freeze":
+        assert values["importance"].endswith(".safetensors") and values["region_fraction"] == 0.01
+    if config.stem == "importance_anchor":
+        assert values["importance"].endswith(".safetensors") and values["anchor_lambda"] == 1.0
 
 
 # --- alignment (method adaptor) -------------------------------------------------------------------

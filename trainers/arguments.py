@@ -20,12 +20,13 @@ from speech_llama.build import DTYPES
 
 from speech_llama.fsdp import fsdp_settings
 
+from .constraints import CONSTRAINED_METHODS, REGION_SELECTIONS, REGION_UNITS, check_region
 from .layer_lr import SCHEMES, LayerLRError
 from .trainer import refuse_deepspeed_optimizer
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("full", "layer_lr", "lora", "adaptor")
+METHODS = ("full", "layer_lr", "lora", "adaptor", *CONSTRAINED_METHODS)
 ALIGNMENT_LOSSES = ("lm", "ctc")
 INPUTS = ("speech", "text")
 MODEL_DTYPES = tuple(DTYPES)
@@ -44,7 +45,21 @@ class ModelArguments:
     )
     method: str = field(default="full", metadata={"help": f"training method: {' | '.join(METHODS)}"})
     importance: str | None = field(
-        default=None, metadata={"help": "importance summary X.json (its 'layers' list) for method layer_lr"}
+        default=None,
+        metadata={"help": "the base model's importance: summary X.json (its 'layers' list) for method layer_lr; "
+                          "artifact X.safetensors (or its X.json) for region_freeze / importance_anchor"},
+    )
+    region_fraction: float = field(default=0.01, metadata={"help": "region_freeze: share p of analysed entries frozen"})
+    region_selection: str = field(
+        default="global", metadata={"help": f"region_freeze: top p {' | '.join(REGION_SELECTIONS)}"}
+    )
+    region_unit: str = field(
+        default="entry",
+        metadata={"help": f"region_freeze: freeze {' | '.join(REGION_UNITS)}s (rows / columns: per_matrix, by summed "
+                          "importance)"},
+    )
+    anchor_lambda: float = field(
+        default=1.0, metadata={"help": "importance_anchor: λ of λ Σ Ĩ (θ − θ⁰)² (Ĩ: importance / its mean)"}
     )
     layer_lr_alpha: float = field(default=0.4, metadata={"help": "α of Eq. 3"})
     layer_lr_scheme: str = field(default="minmax", metadata={"help": f"Eq. 3 reading: {' | '.join(SCHEMES)}"})
@@ -88,6 +103,13 @@ class ModelArguments:
             raise ArgumentsError("alignment_loss ctc trains the adaptor alone: it needs method adaptor")
         if self.method == "layer_lr" and not self.importance:
             raise ArgumentsError("method layer_lr needs importance: the path of an importance summary X.json")
+        if self.method in CONSTRAINED_METHODS and not self.importance:
+            raise ArgumentsError(f"method {self.method} needs importance: the base model's importance artifact "
+                                 "X.safetensors (speech-llama importance)")
+        if self.method == "region_freeze":
+            check_region(self.region_fraction, self.region_selection, self.region_unit)
+        if self.method == "importance_anchor" and not self.anchor_lambda > 0:
+            raise ArgumentsError(f"anchor_lambda must be > 0, got {self.anchor_lambda}")
         if self.lora_r < 1:
             raise ArgumentsError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.lora_alpha is None:

@@ -61,6 +61,7 @@ class TrainingInfo:
     layer_lr: dict | None = None
     lora: dict | None = None
     adaptor_lr: float | None = None
+    constraint: dict | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -201,6 +202,22 @@ def _method_lines(info: TrainingInfo) -> list[str]:
     if info.method == "adaptor":
         return ["- Method: adaptor alignment — the speech adaptor trained alone (answer loss through the frozen LLM, "
                 "or CTC over the LLM's embedding matrix); the LLM and the Whisper encoder frozen."]
+    if info.method == "region_freeze":
+        region = info.constraint or {}
+        return [
+            "- Method: region freezing — full fine-tuning of the adaptor and the LLM (encoder frozen) except the "
+            f"top {region.get('fraction', 0):.2%} of the LLM's analysed parameters by the pre-trained model's "
+            f"importance ({region.get('selection')}, {region.get('unit')}s), which keep their pre-trained values.",
+            f"- Importance artifact: `{region.get('importance')}`",
+        ]
+    if info.method == "importance_anchor":
+        anchor = info.constraint or {}
+        return [
+            "- Method: importance anchoring — full fine-tuning of the adaptor and the LLM (encoder frozen) with the "
+            f"penalty λ Σ Ĩ (θ − θ⁰)², λ = {anchor.get('lambda')}, Ĩ the pre-trained model's importance over its "
+            "mean, θ⁰ the pre-trained weights.",
+            f"- Importance artifact: `{anchor.get('importance')}`",
+        ]
     if info.method == "layer_lr":
         spec = info.layer_lr or {}
         coefficients = ", ".join(f"{c:.3f}" for c in spec.get("coefficients", []))

@@ -31,6 +31,7 @@ from speech_llama.memory import choose_freed_memory_policy
 from speech_llama.remote_code import load_processor
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.checkpoints import resolve_resume
+from trainers.constraints import CONSTRAINED_METHODS, artifact_path, build_constraint
 from alignment.ctc import TranscriptCTCCollator
 from trainers.data import MixEpochCallback, build_collators, load_datasets
 from trainers.export import TrainingInfo, base_licences, base_model_reference, export_full, export_lora
@@ -58,6 +59,20 @@ def layer_lr_for(model_args: ModelArguments, config: SpeechLlamaConfig, learning
         return None
     return layer_lr_spec(model_args.importance, config.text_config.num_hidden_layers, model_args.layer_lr_alpha,
                          model_args.layer_lr_scheme, learning_rate)
+
+
+def constraint_factory(model_args: ModelArguments):
+    """For region_freeze / importance_anchor: builds the constraint on the model the optimizer sees; else None."""
+    if model_args.method not in CONSTRAINED_METHODS:
+        return None
+    artifact_path(model_args.importance)  # a missing artifact fails now, not after the weights load
+
+    def build(model):
+        return build_constraint(model_args.method, model, model_args.importance, model_args.model_name_or_path,
+                                fraction=model_args.region_fraction, selection=model_args.region_selection,
+                                unit=model_args.region_unit, strength=model_args.anchor_lambda)
+
+    return build
 
 
 def load_for_training(model_args: ModelArguments, processor=None):
@@ -155,8 +170,19 @@ def training_info(model_args, data_args, training_args, trainer, spec, train_los
         lora={"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout}
         if model_args.method == "lora" else None,
         adaptor_lr=model_args.adaptor_lr,
+        constraint=constraint_settings(model_args),
         licences=base_licences(model_args.model_name_or_path),
     )
+
+
+def constraint_settings(model_args: ModelArguments) -> dict | None:
+    """What the card states about region_freeze / importance_anchor."""
+    if model_args.method == "region_freeze":
+        return {"importance": model_args.importance, "fraction": model_args.region_fraction,
+                "selection": model_args.region_selection, "unit": model_args.region_unit}
+    if model_args.method == "importance_anchor":
+        return {"importance": model_args.importance, "lambda": model_args.anchor_lambda}
+    return None
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
@@ -190,6 +216,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         processing_class=processor,
         layer_lr=spec,
         adaptor_lr=model_args.adaptor_lr,
+        constraint_factory=constraint_factory(model_args),
         callbacks=[MixEpochCallback(train_collator)] * (model_args.alignment_loss == "lm") + list(callbacks or []),
     )
     result = trainer.train(resume_from_checkpoint=resume)

@@ -1,8 +1,9 @@
 """`SpeechLlamaTrainer`: a `transformers.Trainer` whose optimizer carries per-layer learning rates.
 
-The only behaviour added to `Trainer` is in `create_optimizer` (named parameter groups, Layer-LR
-coefficients, an optional adaptor rate) and an optional evaluation collator. Everything else —
-schedulers, checkpoints, resume, DDP / FSDP through accelerate — is `Trainer`'s own.
+The behaviour added to `Trainer` is in `create_optimizer` (named parameter groups, Layer-LR
+coefficients, an optional adaptor rate, an importance constraint's hooks), the gradient edit of a
+constraint before clipping, and an optional evaluation collator. Everything else — schedulers,
+checkpoints, resume, DDP / FSDP through accelerate — is `Trainer`'s own.
 
 Why per-group rates survive the schedule: `LambdaLR` (warmup, cosine, linear …) stores each group's
 `initial_lr` and sets `lr = initial_lr · λ(step)` with one λ for all groups, so the ratios
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from transformers.trainer_optimizer import is_optimizer_factory
 from speech_llama.fsdp import enable_fsdp_on_cpu
 
 from alignment.ctc import CTC_TARGETS, ctc_alignment_loss
+from .constraints import GradientConstraint
 from .layer_lr import LayerLRSpec, build_param_groups, write_layer_lr_json
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ class SpeechLlamaTrainer(Trainer):
             decoder layer l then learns at `c_l · learning_rate`. None: one rate for all layers.
         adaptor_lr: learning rate of the speech adaptor's groups (None: `learning_rate`).
         eval_data_collator: collator for evaluation (e.g. without T2T mixing); None: `data_collator`.
+        constraint_factory: builds a `trainers.constraints.GradientConstraint` (region_freeze,
+            importance_anchor) on the model as the optimizer sees it (sharded under FSDP2); its
+            gradient edit runs before clipping, its repair after every optimizer step.
         Other arguments are `Trainer`'s.
     """
 
@@ -79,12 +85,18 @@ class SpeechLlamaTrainer(Trainer):
         layer_lr: LayerLRSpec | None = None,
         adaptor_lr: float | None = None,
         eval_data_collator=None,
+        constraint_factory: Callable[[torch.nn.Module], GradientConstraint] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.layer_lr = layer_lr
         self.adaptor_lr = adaptor_lr
         self.eval_data_collator = eval_data_collator
+        self.constraint_factory = constraint_factory
+        self.constraint: GradientConstraint | None = None
+        if constraint_factory is not None and self.args.fp16:
+            raise ValueError("region_freeze / importance_anchor edit gradients before clipping, which fp16's loss "
+                             "scaling would distort; use bf16")
         if layer_lr is not None and layer_lr.base_lr != self.args.learning_rate:
             raise ValueError(f"layer_lr.base_lr ({layer_lr.base_lr}) differs from learning_rate ({self.args.learning_rate})")
         if self.uses_group_rates:
@@ -176,10 +188,30 @@ class SpeechLlamaTrainer(Trainer):
             if self.uses_group_rates:
                 raise ValueError(f"--optim {self.args.optim} builds its own parameter groups, which would drop the "
                                  f"per-group rates {self._group_rate_reason()} needs; use an AdamW variant")
-            return super().create_optimizer(model)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        self._report_groups(groups)
+            super().create_optimizer(model)
+        else:
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            self._report_groups(groups)
+        if self.constraint_factory is not None:
+            self.optimizer.register_step_pre_hook(lambda *_: self.active_constraint().prepare_gradients())
+            self.optimizer.register_step_post_hook(lambda *_: self.active_constraint().after_step())
         return self.optimizer
+
+    def active_constraint(self) -> GradientConstraint | None:
+        """The constraint, built on first use from the model as it is then.
+
+        Not at optimizer creation: under FSDP2 accelerate may create the optimizer before sharding and
+        then swap its parameters for the sharded ones, and the constraint must hold those.
+        """
+        if self.constraint is None and self.constraint_factory is not None:
+            self.constraint = self.constraint_factory(self.model)
+        return self.constraint
+
+    def _clip_grad_norm(self, model):
+        """The constraint's gradient edit first, so clipping measures the gradient that will be applied."""
+        if self.active_constraint() is not None:
+            self.constraint.prepare_gradients()
+        return super()._clip_grad_norm(model)
 
     def _report_groups(self, groups: list[dict]) -> None:
         """Log the group rates; for Layer-LR write `output_dir/layer_lr.json` (main process)."""

@@ -1,13 +1,18 @@
-"""Step-time overhead of Layer-LR (one optimizer group per decoder layer × decay) over Full-FT.
+"""Step time of each Full-FT variant over a Full-FT step: Layer-LR (one optimizer group per decoder
+layer × decay), region_freeze (1 % of the decoder's entries frozen) and importance_anchor (the
+importance-weighted pull toward the base weights); memory each constraint holds.
 
-Both arms train the same model on the same fixed speech batch; they differ only in the optimizer
-`SpeechLlamaTrainer.create_optimizer` builds (and its scheduler). Steps alternate full / layer_lr and
-each layer_lr step is compared with the full step next to it (the median of these paired ratios),
-so that bursts of load from other jobs on a shared machine hit both arms of a pair alike.
+All arms train the same model on the same fixed speech batch; they differ only in what
+`SpeechLlamaTrainer` builds around the optimizer (groups, constraint hooks). Steps alternate the arms
+(the order rotates), and each arm's step is compared with the full step of the same round (the median
+of these paired ratios), so bursts of load from other jobs on a shared machine hit every arm alike.
+The constraints read a synthetic importance artifact (|θ| × an exponential draw per entry: its
+values do not change the cost).
 
-    python bench/layer_lr_overhead.py [--model runs/offline-mini] [--steps 8] [--batch 4] [--smoke]
+    python bench/method_overhead.py [--model runs/offline-mini] [--steps 12] [--batch 2] [--smoke]
 
-The last line is JSON: {"step_time_ratio": layer_lr / full, ...}; the target is <= 1.02.
+The last line is JSON: {"step_time_ratio": {"layer_lr": …, "region_freeze": …, "importance_anchor": …}, …};
+targets: layer_lr <= 1.02, region_freeze <= 1.05, importance_anchor <= 1.3.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from transformers import TrainingArguments  # noqa: E402
 
 from speech_llama.generate import load_model  # noqa: E402
 from trainers.data import MixedQACollator  # noqa: E402
+from importance.artifact import build_summary, save_artifact  # noqa: E402
+from trainers.constraints import build_constraint  # noqa: E402
 from trainers.layer_lr import layer_lr_spec  # noqa: E402
 from trainers.trainer import SpeechLlamaTrainer  # noqa: E402
 
-TARGET = 1.02
+TARGETS = {"layer_lr": 1.02, "region_freeze": 1.05, "importance_anchor": 1.3}
 DEFAULT_MODEL = REPO / "runs" / "offline-mini"
 
 
@@ -79,21 +86,45 @@ def fixed_batch(processor, batch_size: int, seconds: float) -> dict[str, torch.T
     return MixedQACollator(processor, input="speech")(records)
 
 
-def make_trainer(model, scratch: Path, name: str, spec=None) -> SpeechLlamaTrainer:
-    """A trainer whose optimizer and cosine schedule are exactly what a run would build."""
+def make_trainer(model, scratch: Path, name: str, spec=None, constraint_factory=None) -> SpeechLlamaTrainer:
+    """A trainer whose optimizer, cosine schedule and constraint hooks are exactly what a run would build."""
     args = TrainingArguments(output_dir=str(scratch / name), learning_rate=2e-5, lr_scheduler_type="cosine",
                              warmup_steps=0.03, use_cpu=not torch.cuda.is_available(), report_to="none",
-                             remove_unused_columns=False)
-    trainer = SpeechLlamaTrainer(model=model, args=args, layer_lr=spec)
+                             remove_unused_columns=False, weight_decay=0.01)
+    trainer = SpeechLlamaTrainer(model=model, args=args, layer_lr=spec, constraint_factory=constraint_factory)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     return trainer
 
 
+def synthetic_importance(model, path: Path) -> Path:
+    """An importance artifact over the decoder layers: |θ| × Exp(1) per entry (the cost does not depend on it)."""
+    generator = torch.Generator().manual_seed(0)
+    importances = {name: parameter.detach().abs().float() * torch.empty_like(parameter, dtype=torch.float32).exponential_(
+                       generator=generator)
+                   for name, parameter in model.named_parameters() if ".layers." in name and name.startswith("language_model")}
+    summary = build_summary(importances, num_layers=model.config.text_config.num_hidden_layers, model="bench",
+                            input="text", num_samples=0, num_tokens=0, reduction="sum")
+    return save_artifact(path, importances, summary)
+
+
+def constraint_arm(model, folder: Path, scratch: Path, method: str, importance: Path) -> tuple[SpeechLlamaTrainer, dict]:
+    """The arm's trainer and what its constraint holds (bytes it keeps, RSS grown while building it)."""
+    from speech_llama.fsdp import rss_bytes
+
+    before = rss_bytes()
+    trainer = make_trainer(model, scratch, method, constraint_factory=lambda wrapped: build_constraint(
+        method, wrapped, importance, folder, fraction=0.01, strength=1.0))
+    constraint = trainer.active_constraint()
+    return trainer, {**constraint.describe(), "rss_grown_MB": round((rss_bytes() - before) / 1e6, 1)}
+
+
 def train_step(model, trainer: SpeechLlamaTrainer, batch: dict) -> tuple[float, float]:
-    """One full step (forward, backward, clip, optimizer, schedule); returns (step s, optimizer s)."""
+    """One full step (forward, backward, constraint edit, clip, optimizer, schedule); returns (step s, optimizer s)."""
     start = time.perf_counter()
     loss = model(**batch).loss
     loss.backward()
+    if trainer.constraint is not None:
+        trainer.constraint.prepare_gradients()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer_start = time.perf_counter()
     trainer.optimizer.step()
@@ -103,9 +134,9 @@ def train_step(model, trainer: SpeechLlamaTrainer, batch: dict) -> tuple[float, 
     return end - start, end - optimizer_start
 
 
-def paired_ratio(times: dict, kind: str) -> float:
-    """Median over iterations of layer_lr time / full time of the same iteration."""
-    return statistics.median(ll / full for ll, full in zip(times["layer_lr"][kind], times["full"][kind]))
+def paired_ratio(times: dict, arm: str, kind: str) -> float:
+    """Median over rounds of the arm's time / the full step's time in the same round."""
+    return statistics.median(other / full for other, full in zip(times[arm][kind], times["full"][kind], strict=True))
 
 
 def main() -> dict:
@@ -120,33 +151,38 @@ def main() -> dict:
         # A ramp of layer importances: every layer gets its own coefficient (worst case for grouping).
         summary.write_text(json.dumps({"layers": [1.0 + layer for layer in range(num_layers)]}))
         spec = layer_lr_spec(summary, num_layers, alpha=0.4, scheme="minmax", base_lr=2e-5)
+        importance = synthetic_importance(model, scratch / "synthetic.safetensors")
         arms = {"full": make_trainer(model, scratch, "full"), "layer_lr": make_trainer(model, scratch, "layer_lr", spec)}
+        held = {}
+        for method in ("region_freeze", "importance_anchor"):
+            arms[method], held[method] = constraint_arm(model, folder, scratch, method, importance)
         batch = fixed_batch(processor, options.batch, options.seconds)
         times = {name: {"step": [], "optimizer": []} for name in arms}
+        names = list(arms)
         for index in range(options.warmup + options.steps):
-            order = list(arms) if index % 2 == 0 else list(reversed(arms))  # alternate who goes first
-            for name in order:
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:  # rotate who goes first
                 step_s, optimizer_s = train_step(model, arms[name], batch)
                 if index >= options.warmup:
                     times[name]["step"].append(step_s)
                     times[name]["optimizer"].append(optimizer_s)
         median = {name: {kind: statistics.median(values) for kind, values in kinds.items()} for name, kinds in times.items()}
-        ratio = paired_ratio(times, "step")
+        ratios = {arm: round(paired_ratio(times, arm, "step"), 4) for arm in TARGETS}
         result = {
-            "step_time_ratio": round(ratio, 4),
-            "optimizer_step_ratio": round(paired_ratio(times, "optimizer"), 4),
-            "ratio_of_medians": round(median["layer_lr"]["step"] / median["full"]["step"], 4),
-            "full_step_s": round(median["full"]["step"], 4),
-            "layer_lr_step_s": round(median["layer_lr"]["step"], 4),
-            "full_optimizer_s": round(median["full"]["optimizer"], 5),
-            "layer_lr_optimizer_s": round(median["layer_lr"]["optimizer"], 5),
+            "step_time_ratio": ratios,
+            "optimizer_step_ratio": {arm: round(paired_ratio(times, arm, "optimizer"), 4) for arm in TARGETS},
+            "step_s": {name: round(values["step"], 4) for name, values in median.items()},
+            "optimizer_s": {name: round(values["optimizer"], 5) for name, values in median.items()},
             "groups": {name: len(trainer.optimizer.param_groups) for name, trainer in arms.items()},
+            "constraint_memory": held,
             "model": label, "num_layers": num_layers, "batch": options.batch, "steps": options.steps,
-            "device": str(model.device), "target": TARGET, "within_target": ratio <= TARGET,
+            "device": str(model.device), "targets": TARGETS,
+            "within_target": {arm: ratios[arm] <= target for arm, target in TARGETS.items()},
         }
-    print(f"{label}: full {result['full_step_s']:.3f} s/step, layer_lr {result['layer_lr_step_s']:.3f} s/step "
-          f"({result['groups']['layer_lr']} groups vs {result['groups']['full']}); optimizer step "
-          f"{result['full_optimizer_s'] * 1e3:.1f} ms vs {result['layer_lr_optimizer_s'] * 1e3:.1f} ms")
+    print(f"{label}: full {result['step_s']['full']:.3f} s/step; " + ", ".join(
+        f"{arm} {ratios[arm]:.3f}x" for arm in TARGETS) + f" (layer_lr: {result['groups']['layer_lr']} groups vs "
+        f"{result['groups']['full']}; anchor holds {held['importance_anchor']['bytes_here'] / 1e6:.0f} MB, "
+        f"region {held['region_freeze']['bytes_here'] / 1e6:.1f} MB)")
     print(json.dumps(result))
     return result
 
