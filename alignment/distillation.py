@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -163,19 +163,51 @@ def spoken_response_clips(model, processor, rows: list[dict], source: Path) -> t
     return clips, responses
 
 
+def distilled_steps(out_dir: Path) -> int:
+    """Steps the distillation state in `out_dir` has done (0 before its first save)."""
+    state = out_dir / STATE_NAME
+    return int(torch.load(state, map_location="cpu", weights_only=True)["step"]) if state.is_file() else 0
+
+
 def distil_model_folder(model_dir: Path, records: Path, out_dir: Path, settings: DistillationSettings,
-                        progress: bool = True) -> Path:
+                        progress: bool = True, stops: tuple[int, ...] = ()) -> Path:
     """Adaptor-only distillation of `model_dir` on spoken records with self-distilled responses
-    (`records`: JSONL of question, response, audio) → `out_dir/final`, resumable from `out_dir`.
+    (`records`: JSONL of question, response, audio) → `out_dir/final`, resumable from `out_dir`;
+    also `out_dir/checkpoint-N` at each of `stops` (steps before the last).
 
     The responses must come from the same frozen LLM reading the typed question (as the
-    reproduction's training records do), so they are the teacher's own answers."""
-    from speech_llama.build import BuildInfo, save_model_folder
+    reproduction's training records do), so they are the teacher's own answers. The batches are
+    drawn from the seed in advance and the optimiser state is saved at each stop, so stopping does
+    not change the run."""
+    from speech_llama.build import save_model_folder
     from speech_llama.generate import load_model
 
     final = out_dir / "final"
     if (final / "config.json").is_file():
         return final
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = load_model(model_dir)
+    clips, responses = spoken_response_clips(model, processor, read_jsonl(records), records)
+    if len(clips) < settings.batch_size:
+        raise ValueError(f"{records}: {len(clips)} records, fewer than one batch of {settings.batch_size}")
+    for stop in (*sorted(step for step in stops if step < settings.steps), settings.steps):
+        if distilled_steps(out_dir) > stop:  # a resumed run past this stop: its model was saved (and maybe used)
+            continue
+        distill(model, processor, clips, responses, out_dir, replace(settings, steps=stop), progress)
+        folder = final if stop == settings.steps else out_dir / f"checkpoint-{stop}"
+        if not (folder / "config.json").is_file():
+            model.requires_grad_(False)
+            save_model_folder(model, processor, folder, _distilled_info(model_dir, records, settings, stop))
+    return final
+
+
+def _distilled_info(model_dir: Path, records: Path, settings: DistillationSettings, step: int):
+    from speech_llama.build import BuildInfo
+
+    return BuildInfo(llm=f"frozen, from {model_dir}", encoder=f"frozen, from {model_dir}", preset="distill",
+                     adaptor=f"{model_dir}'s, then distilled from the frozen LLM reading the transcripts (DiVA-style KL + "
+                             f"{settings.ctc_weight} × CTC), {step} of {settings.steps} steps of {settings.batch_size} "
+                             f"on {records}.")
     out_dir.mkdir(parents=True, exist_ok=True)
     model, processor = load_model(model_dir)
     clips, responses = spoken_response_clips(model, processor, read_jsonl(records), records)

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # headless: the CLI and the Space never open a window
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .analyse import marginals, max_pool  # noqa: E402
@@ -82,9 +82,13 @@ def module_profiles_figure(profiles: Mapping[str, Mapping[str, np.ndarray]], tit
     return figure
 
 
-def heatmap_figure(matrix: torch.Tensor, title: str, max_size: int = 256, value_label: str = "importance") -> Figure:
+def heatmap_figure(matrix: torch.Tensor, title: str, max_size: int = 256, value_label: str = "importance",
+                   region: torch.Tensor | None = None) -> Figure:
     """A weight-matrix heatmap (max-pooled to ≤ max_size², log colour scale) with the row sums
-    on the right and the column sums on top, both from the full-resolution matrix."""
+    on the right and the column sums on top, both from the full-resolution matrix.
+
+    ``region``: a boolean mask of the matrix's shape drawn in red over it (a pooled cell is red when
+    any of its entries is in the region), e.g. the entries region_freeze keeps frozen."""
     pooled = max_pool(matrix, max_size).numpy()
     row_mass, col_mass = marginals(matrix)
     rows, cols = matrix.shape
@@ -97,6 +101,10 @@ def heatmap_figure(matrix: torch.Tensor, title: str, max_size: int = 256, value_
         np.where(pooled > 0, pooled, np.nan), aspect="auto", interpolation="nearest", norm=norm,
         cmap="viridis", extent=(0, cols, rows, 0),
     )
+    if region is not None:
+        marked = max_pool(region.float(), max_size).numpy() > 0
+        main.imshow(np.where(marked, 1.0, np.nan), aspect="auto", interpolation="nearest", cmap=ListedColormap(["red"]),
+                    alpha=0.85, extent=(0, cols, rows, 0))
     main.set_xlabel(f"input feature (column), {cols}")
     main.set_ylabel(f"output feature (row), {rows}")
     top = figure.add_subplot(grid[0, 0], sharex=main)

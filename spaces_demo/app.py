@@ -46,6 +46,7 @@ from spaces_demo.handlers import (  # noqa: E402
 )
 from spaces_demo.tryit import ModelHolder  # noqa: E402
 from spaces_demo.uploads import ACCEPTED, UPLOAD_CACHE  # noqa: E402
+from spaces_demo.views import REGION_FRACTIONS  # noqa: E402
 from trainers.layer_lr import SCHEMES  # noqa: E402
 
 logger = logging.getLogger("spaces_demo")
@@ -79,6 +80,8 @@ def _matrix_tab(ui: UI) -> None:
         ui.mx_artifact = gr.Dropdown(label="Artifact", elem_id="mx-artifact")
         ui.mx_module = gr.Dropdown(label="Module", elem_id="mx-module")
         ui.mx_layer = gr.Slider(0, 1, step=1, value=0, label="Layer", elem_id="mx-layer")
+        ui.mx_region = gr.Radio(list(REGION_FRACTIONS), value="none", elem_id="mx-region",
+                                label="Frozen region (method region_freeze: the global top p, in red)")
     ui.mx_note = gr.Markdown(elem_id="mx-note")
     ui.mx_plot = gr.Plot(label="Importance heatmap", elem_id="matrix-plot")
     ui.mx_table = gr.Dataframe(label="Rank clustering", interactive=False, visible=False)
@@ -138,17 +141,20 @@ def _wire(space: Space, ui: UI, demo: gr.Blocks) -> None:
     """Each event updates only its own tab's outputs (so only they show a spinner)."""
     bind = functools.partial
     layers_out = [ui.li_plot, ui.li_modules, ui.li_stats, ui.li_shift, ui.li_note]
-    matrix_in, matrix_out = [ui.mx_artifact, ui.mx_module, ui.mx_layer], [ui.mx_module, ui.mx_layer, ui.mx_plot, ui.mx_table, ui.mx_note]
+    matrix_in = [ui.mx_artifact, ui.mx_module, ui.mx_layer, ui.mx_region]
+    matrix_out = [ui.mx_module, ui.mx_layer, ui.mx_plot, ui.mx_table, ui.mx_note]
     lr_in, lr_out = [ui.lr_artifact, ui.lr_alpha, ui.lr_schemes], [ui.lr_plot, ui.lr_table, ui.lr_note]
     answer_in = [ui.question, ui.max_new_tokens]
 
     demo.load(bind(refresh_all, space, ui), outputs=_all_outputs(ui))
     ui.timer.tick(bind(on_tick, space, ui), outputs=_all_outputs(ui), show_progress="hidden")
     ui.li_artifacts.input(guarded(ui.li_note)(bind(render_layers, space, ui)), ui.li_artifacts, layers_out)
-    ui.mx_artifact.input(guarded(ui.mx_note)(bind(render_matrix_for_artifact, space, ui)), ui.mx_artifact, matrix_out)
+    ui.mx_artifact.input(guarded(ui.mx_note)(bind(render_matrix_for_artifact, space, ui)), [ui.mx_artifact, ui.mx_region],
+                         matrix_out)
     matrix = guarded(ui.mx_note)(bind(render_matrix, space, ui))
     ui.mx_module.input(matrix, matrix_in, matrix_out)
     ui.mx_layer.release(matrix, matrix_in, matrix_out)
+    ui.mx_region.input(matrix, matrix_in, matrix_out)
     ui.ck_button.click(
         guarded(ui.ck_note)(bind(render_change, space, ui)), [ui.ck_a, ui.ck_b, ui.mx_layer, ui.mx_module],
         [ui.ck_heatmap, ui.ck_layers, ui.ck_note],

@@ -115,7 +115,8 @@ def render_layers(space: Space, ui: UI, labels: list[str] | None) -> dict:
     }
 
 
-def render_matrix(space: Space, ui: UI, label: str | None, module: str | None, layer: int | None) -> dict:
+def render_matrix(space: Space, ui: UI, label: str | None, module: str | None, layer: int | None,
+                  region: str | None = None) -> dict:
     found = space.folder.importance_artifacts()
     if not found:
         return {ui.mx_note: "No importance artifact in the folder yet.", ui.mx_plot: None}
@@ -123,7 +124,7 @@ def render_matrix(space: Space, ui: UI, label: str | None, module: str | None, l
     options = matrix_options(path)
     module = module if module in options.modules else options.module
     layer = int(layer) if layer is not None and 0 <= int(layer) < options.num_layers else options.layer
-    figure, clustering, summary = matrix_view(path, label, layer, module)
+    figure, clustering, summary = matrix_view(path, label, layer, module, region)
     return {
         ui.mx_module: gr.update(choices=options.modules, value=module),
         ui.mx_layer: gr.update(minimum=0, maximum=options.num_layers - 1, value=layer),
@@ -131,9 +132,9 @@ def render_matrix(space: Space, ui: UI, label: str | None, module: str | None, l
     }
 
 
-def render_matrix_for_artifact(space: Space, ui: UI, label: str | None) -> dict:
+def render_matrix_for_artifact(space: Space, ui: UI, label: str | None, region: str | None = None) -> dict:
     """A new artifact opens on its own default matrix (the peak of its strongest module)."""
-    return render_matrix(space, ui, label, None, None)
+    return render_matrix(space, ui, label, None, None, region)
 
 
 def render_change(space: Space, ui: UI, label_a: str | None, label_b: str | None, layer: int, module: str | None) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from importance.analyse import (
     change_matrices,
@@ -35,6 +36,7 @@ from importance.plots import (
     module_profiles_figure,
 )
 from speech_llama.parameters import layer_and_module
+from trainers.constraints import region_indices
 
 from .figures import deactivation_figure, layer_lr_figure
 
@@ -187,19 +189,48 @@ def _clustering_table(stats: dict | None) -> pd.DataFrame:
     ).replace({"axis": {"row": "rows (output features)", "col": "columns (input features)"}})
 
 
-def matrix_view(path: Path, label: str, layer: int, module: str) -> tuple[object, pd.DataFrame, str]:
-    """Heatmap with row / column marginals of one importance matrix, and its rank clustering."""
+# Shares of the analysed entries the Space can show as region_freeze's frozen region.
+REGION_FRACTIONS = {"none": None, "1 %": 0.01, "3 %": 0.03}
+
+
+@lru_cache(maxsize=2)
+def frozen_region(path: Path, modified: float, fraction: float) -> dict:
+    """region_freeze's region for ``fraction`` (global top, as its default): name → flat indices.
+    Cached per artifact version (``modified``): the global top k reads every tensor once."""
+    return region_indices(path, fraction, "global", "entry")
+
+
+def _region_mask(path: Path, name: str, shape: tuple[int, ...], fraction: float) -> torch.Tensor:
+    indices = frozen_region(path, path.stat().st_mtime, fraction).get(name, torch.empty(0, dtype=torch.long))
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask.view(-1)[indices] = True
+    return mask
+
+
+def matrix_view(path: Path, label: str, layer: int, module: str,
+                region: str | None = None) -> tuple[object, pd.DataFrame, str]:
+    """Heatmap with row / column marginals of one importance matrix, and its rank clustering; with
+    ``region`` (a key of `REGION_FRACTIONS`) the entries region_freeze would keep frozen drawn in red."""
+    if region not in (None, *REGION_FRACTIONS):
+        raise ViewError(f"unknown region {region!r}; choose one of {', '.join(REGION_FRACTIONS)}")
     artifact = open_artifact(path)
     name = _matrix_name(artifact.shapes, int(layer), module)
     matrix = artifact.tensor(name)
     stats = rank_clustering(matrix)
+    fraction = REGION_FRACTIONS.get(region or "none")
+    mask = _region_mask(path, name, tuple(matrix.shape), fraction) if fraction else None
     with _PYPLOT_LOCK:
-        figure = heatmap_figure(matrix, title=f"{label}: {name.split('layers.', 1)[-1]}  {tuple(matrix.shape)}")
+        figure = heatmap_figure(matrix, title=f"{label}: {name.split('layers.', 1)[-1]}  {tuple(matrix.shape)}", region=mask)
     summary = "all-zero matrix" if stats is None else (
         f"Rank clustering of layer {layer} {module}: the top 5 % rows hold **{stats['row_share']:.1%}** of the "
         f"importance ({stats['row_ratio']:.1f}× uniform), the top 5 % columns **{stats['col_share']:.1%}** "
         f"({stats['col_ratio']:.1f}× uniform)."
     )
+    if mask is not None:
+        frozen = int(mask.sum())
+        summary += (f" In red: the {frozen:,} entries ({frozen / mask.numel():.2%} of this matrix; rows touched "
+                    f"{int(mask.any(1).sum())} of {mask.shape[0]}) that `region_freeze` at p = {region} (global top) keeps "
+                    "at their pre-trained values.")
     return figure, _clustering_table(stats), summary
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from space_fixtures import build_tiny_content, write_wav
 
 from spaces_demo.folder import ArtifactFolder, NotInFolder
@@ -70,6 +71,25 @@ def test_folder_resolves_only_labels_it_listed(tmp_path):
     for label in ("../outside.json", str(tmp_path / "outside.json"), ""):
         with pytest.raises(NotInFolder):
             folder.resolve(label, found, "result")
+
+
+def test_matrix_view_draws_the_frozen_region(tmp_path):
+    from importance.artifact import build_summary, save_artifact
+    from spaces_demo.views import ViewError, matrix_view
+
+    generator = torch.Generator().manual_seed(0)
+    importances = {f"language_model.model.layers.{layer}.mlp.down_proj.weight": torch.rand(16, 8, generator=generator)
+                   for layer in range(2)}
+    importances["language_model.model.layers.1.mlp.down_proj.weight"][3] += 10.0  # row 3 of layer 1 dominates
+    path = save_artifact(tmp_path / "a.safetensors", importances, build_summary(
+        importances, num_layers=2, model="t", input="text", num_samples=1, num_tokens=1, reduction="sum"))
+    figure, _, note = matrix_view(path, "a", 1, "mlp.down_proj.weight", "3 %")
+    # 3 % of 256 entries = 8, all of them in layer 1's row 3 (the global top)
+    assert "the 8 entries (6.25% of this matrix; rows touched 1 of 16)" in note and figure is not None
+    _, _, plain = matrix_view(path, "a", 0, "mlp.down_proj.weight", "none")
+    assert "In red" not in plain
+    with pytest.raises(ViewError, match="unknown region '5 %'"):
+        matrix_view(path, "a", 0, "mlp.down_proj.weight", "5 %")
 
 
 # --- the running Space in Chromium --------------------------------------------------------------
@@ -188,6 +208,9 @@ def test_space_in_headless_chromium(content, space_url, tmp_path):
             page.get_by_role("tab", name="Matrix explorer").click()
             _plot_drawn(page, "#matrix-plot")
             _text_appears(page, "#mx-note", "Rank clustering")
+            page.locator("#mx-region").get_by_text("1 %").click()
+            _text_appears(page, "#mx-note", "region_freeze")
+            _plot_drawn(page, "#matrix-plot")
             page.get_by_text("|Δθ| between two checkpoints").click()
             page.click("#ck-compare")
             _plot_drawn(page, "#change-plot")

@@ -224,6 +224,13 @@ class GradientConstraint:
         optimizer.register_step_pre_hook(lambda *_: self.prepare_gradients())
         optimizer.register_step_post_hook(lambda *_: self.after_step())
 
+    def _bind(self, model: torch.nn.Module, names: list[str], base_files: list[Path]
+              ) -> tuple[dict[str, LocalRows], dict[str, torch.Tensor]]:
+        """Take the named parameters of ``model``; (the rows each holds here, those rows of θ⁰ flattened)."""
+        self.parameters = _resolve(model, names)
+        rows = {name: local_rows(parameter, name) for name, parameter in self.parameters.items()}
+        return rows, read_base_rows(base_files, names, rows)
+
     def _edit(self, name: str, values: torch.Tensor, gradient: torch.Tensor) -> None:
         raise NotImplementedError
 
@@ -259,9 +266,7 @@ class RegionFreeze(GradientConstraint):
     def __init__(self, model: torch.nn.Module, indices: Mapping[str, torch.Tensor], base_files: list[Path]):
         super().__init__()
         indices = {name: flat for name, flat in indices.items() if flat.numel()}
-        self.parameters = _resolve(model, list(indices))
-        rows = {name: local_rows(parameter, name) for name, parameter in self.parameters.items()}
-        base = read_base_rows(base_files, list(self.parameters), rows)
+        rows, base = self._bind(model, list(indices), base_files)
         self.local: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         for name, parameter in self.parameters.items():
@@ -290,9 +295,7 @@ class ImportanceAnchor(GradientConstraint):
         if not strength > 0:
             raise ConstraintError(f"anchor_lambda must be > 0, got {strength}")
         self.strength = strength
-        self.parameters = _resolve(model, list(normalised))
-        rows = {name: local_rows(parameter, name) for name, parameter in self.parameters.items()}
-        base = read_base_rows(base_files, list(self.parameters), rows)
+        rows, base = self._bind(model, list(normalised), base_files)
         self.anchor: dict[str, torch.Tensor] = {}
         self.weight: dict[str, torch.Tensor] = {}
         for name, parameter in self.parameters.items():

@@ -3,14 +3,12 @@
 The trainer writes model-only checkpoints at one interval (`configs.save_steps`); the curve's steps are
 turned into model folders the eval command loads (a LoRA checkpoint holds an adapter: it is merged onto
 the start model, as `final/` is), the other steps are removed. Distillation, which has no trainer,
-stops at each curve step and saves its model there; its optimiser state is on disk between stops and
-its batches are drawn in advance from its seed, so the stops do not change the run.
+saves its curve steps itself (`alignment.distillation.distil_model_folder`'s stops).
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 from trainers.checkpoints import CHECKPOINT
@@ -59,45 +57,3 @@ def remove_checkpoint(folder: Path) -> None:
     """An evaluated intermediate model: its predictions stay, its weights (≈ 0.6 GB) go."""
     if folder.exists():
         shutil.rmtree(folder)
-
-
-def _distilled_steps(out_dir: Path) -> int:
-    """Steps the distillation state in `out_dir` has done (0 before its first stop)."""
-    import torch
-
-    from alignment.distillation import STATE_NAME
-
-    state = out_dir / STATE_NAME
-    return int(torch.load(state, map_location="cpu", weights_only=True)["step"]) if state.is_file() else 0
-
-
-def distil_with_checkpoints(start_model: Path, records: Path, out_dir: Path, settings, stops: tuple[int, ...],
-                            progress: bool = True) -> Path:
-    """`alignment.distillation.distil_model_folder` that also saves `checkpoint-N` at each of `stops`;
-    resumable from `out_dir` (the state file holds the adaptor and optimiser of the last stop)."""
-    from alignment.distillation import distill, spoken_response_clips
-    from speech_llama.build import BuildInfo, save_model_folder
-    from speech_llama.files import read_jsonl
-    from speech_llama.generate import load_model
-
-    final = out_dir / "final"
-    if done(final / "config.json"):
-        return final
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model, processor = load_model(start_model)
-    clips, responses = spoken_response_clips(model, processor, read_jsonl(records), records)
-    if len(clips) < settings.batch_size:
-        raise ValueError(f"{records}: {len(clips)} records, fewer than one batch of {settings.batch_size}")
-    for stop in (*sorted(step for step in stops if step < settings.steps), settings.steps):
-        if _distilled_steps(out_dir) > stop:  # a resumed run past this stop: its model was saved (and maybe evaluated)
-            continue
-        distill(model, processor, clips, responses, out_dir, replace(settings, steps=stop), progress)
-        folder = final if stop == settings.steps else out_dir / f"checkpoint-{stop}"
-        if not done(folder / "config.json"):
-            model.requires_grad_(False)
-            info = BuildInfo(llm=f"frozen, from {start_model}", encoder=f"frozen, from {start_model}", preset="distill",
-                             adaptor=f"{start_model}'s, then distilled from the frozen LLM reading the transcripts (DiVA-style "
-                                     f"KL + {settings.ctc_weight} × CTC), {stop} of {settings.steps} steps of "
-                                     f"{settings.batch_size} on {records}.")
-            save_model_folder(model, processor, folder, info)
-    return final

@@ -14,7 +14,7 @@ from speech_llama.statistics import bootstrap_interval
 from speech_llama.tts import HELD_OUT_VOICE
 
 from .analysis import Outcomes, accuracy_tables, curves, differences, frontier, shift_summary
-from .checkpoints import distil_with_checkpoints, keep_curve_checkpoints, remove_checkpoint
+from .checkpoints import keep_curve_checkpoints, remove_checkpoint
 from .configs import write_train_config
 from .distill import self_distil
 from .experiments import (ALIGN, DISTILL, LORA_RANKS, LR_FACTORS, METHODS, OTHER, SELF, ExperimentPreset, TrainingRun,
@@ -182,7 +182,7 @@ class Reproduction(RunLayout):
     def _distil(self, run: TrainingRun) -> dict:
         """The adaptor distilled from the frozen LLM on the runs' prompts (the LLM's own responses),
         steps, batch and seed."""
-        from alignment.distillation import DistillationSettings
+        from alignment.distillation import DistillationSettings, distil_model_folder
 
         out_dir = self.train_dir(run.name)
         summary_path = out_dir / "summary.json"
@@ -192,8 +192,8 @@ class Reproduction(RunLayout):
                                             learning_rate=preset.adaptor_learning_rate,
                                             max_response_tokens=preset.response_tokens,
                                             checkpoint_every=max(1, preset.max_steps // 4), bf16=preset.train_bf16)
-            distil_with_checkpoints(self.start_model, self.train_records(SELF), out_dir, settings, self._curve_steps(run),
-                                    self.progress)
+            distil_model_folder(self.start_model, self.train_records(SELF), out_dir, settings, self.progress,
+                                stops=self._curve_steps(run))
             log = read_jsonl(out_dir / "distillation-log.jsonl")
             atomic_write_json(summary_path, {"output_dir": str(out_dir), "global_step": log[-1]["step"],
                                              "loss_curve": [entry["loss"] for entry in log], "settings": asdict(settings)})
