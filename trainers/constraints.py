@@ -208,14 +208,14 @@ class GradientConstraint:
             return
         with torch.no_grad():
             for name, parameter in self.parameters.items():
-                if parameter.grad is not None:
-                    self._edit(name, local_tensor(parameter).reshape(-1), local_tensor(parameter.grad).reshape(-1))
+                if parameter.grad is not None:  # view, not reshape: an edit must never land in a copy
+                    self._edit(name, local_tensor(parameter).view(-1), local_tensor(parameter.grad).view(-1))
         self._edited = True
 
     def after_step(self) -> None:
         with torch.no_grad():
             for name, parameter in self.parameters.items():
-                self._repair(name, local_tensor(parameter).reshape(-1))
+                self._repair(name, local_tensor(parameter).view(-1))
         self._edited = False
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
