@@ -26,6 +26,7 @@ from trainers.constraints import (  # noqa: E402
     ConstraintError,
     ImportanceAnchor,
     RegionFreeze,
+    attach_to_optimizer,
     normalised_importance,
     region_indices,
 )
@@ -176,7 +177,7 @@ def test_region_freeze_repairs_what_weight_decay_moves(tmp_path):
     before = layer.weight.detach().clone()
     freeze = RegionFreeze(layer, {"weight": torch.tensor([0, 7, 14])}, [tmp_path / "model.safetensors"])
     optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.5)
-    freeze.attach(optimizer)
+    attach_to_optimizer(optimizer, lambda: freeze)
     for _ in range(3):
         layer(torch.randn(2, 5)).pow(2).sum().backward()
         optimizer.step()

@@ -20,7 +20,7 @@ from speech_llama.build import DTYPES
 
 from speech_llama.fsdp import fsdp_settings
 
-from .constraints import CONSTRAINED_METHODS, REGION_SELECTIONS, REGION_UNITS, check_region
+from .constraints import CONSTRAINED_METHODS, REGION_SELECTIONS, REGION_UNITS, check_anchor_strength, check_region
 from .layer_lr import SCHEMES, LayerLRError
 from .trainer import refuse_deepspeed_optimizer
 
@@ -108,8 +108,8 @@ class ModelArguments:
                                  "X.safetensors (speech-llama importance)")
         if self.method == "region_freeze":
             check_region(self.region_fraction, self.region_selection, self.region_unit)
-        if self.method == "importance_anchor" and not self.anchor_lambda > 0:
-            raise ArgumentsError(f"anchor_lambda must be > 0, got {self.anchor_lambda}")
+        if self.method == "importance_anchor":
+            check_anchor_strength(self.anchor_lambda)
         if self.lora_r < 1:
             raise ArgumentsError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.lora_alpha is None:

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,12 +218,6 @@ class GradientConstraint:
                 self._repair(name, local_tensor(parameter).view(-1))
         self._edited = False
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Run on every `optimizer.step()`: the gradient edit (if clipping has not run it) and the repair
-        (the trainer registers the same through `SpeechLlamaTrainer.active_constraint`)."""
-        optimizer.register_step_pre_hook(lambda *_: self.prepare_gradients())
-        optimizer.register_step_post_hook(lambda *_: self.after_step())
-
     def _bind(self, model: torch.nn.Module, names: list[str], base_files: list[Path]
               ) -> tuple[dict[str, LocalRows], dict[str, torch.Tensor]]:
         """Take the named parameters of ``model``; (the rows each holds here, those rows of θ⁰ flattened)."""
@@ -239,6 +233,19 @@ class GradientConstraint:
 
     def describe(self) -> dict:
         raise NotImplementedError
+
+
+def attach_to_optimizer(optimizer: torch.optim.Optimizer, constraint: Callable[[], GradientConstraint]) -> None:
+    """Run on every `optimizer.step()` the gradient edit (if clipping has not run it) and the repair of the
+    constraint ``constraint()`` returns then (the trainer builds it on first use)."""
+    optimizer.register_step_pre_hook(lambda *_: constraint().prepare_gradients())
+    optimizer.register_step_post_hook(lambda *_: constraint().after_step())
+
+
+def check_anchor_strength(strength: float) -> None:
+    """Raise `ConstraintError` (one line) for a λ that cannot anchor."""
+    if not strength > 0:
+        raise ConstraintError(f"anchor_lambda must be > 0, got {strength}")
 
 
 def _resolve(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Parameter]:
@@ -292,8 +299,7 @@ class ImportanceAnchor(GradientConstraint):
     def __init__(self, model: torch.nn.Module, normalised: Mapping[str, torch.Tensor], base_files: list[Path],
                  strength: float):
         super().__init__()
-        if not strength > 0:
-            raise ConstraintError(f"anchor_lambda must be > 0, got {strength}")
+        check_anchor_strength(strength)
         self.strength = strength
         rows, base = self._bind(model, list(normalised), base_files)
         self.anchor: dict[str, torch.Tensor] = {}
@@ -346,7 +352,9 @@ __all__ = [
     "RegionFreeze",
     "artifact_path",
     "base_weight_files",
+    "attach_to_optimizer",
     "build_constraint",
+    "check_anchor_strength",
     "check_region",
     "local_rows",
     "normalised_importance",

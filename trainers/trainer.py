@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from transformers.trainer_optimizer import is_optimizer_factory
 from speech_llama.fsdp import enable_fsdp_on_cpu
 
 from alignment.ctc import CTC_TARGETS, ctc_alignment_loss
-from .constraints import GradientConstraint
+from .constraints import GradientConstraint, attach_to_optimizer
 from .layer_lr import LayerLRSpec, build_param_groups, write_layer_lr_json
 
 logger = logging.getLogger(__name__)
@@ -193,8 +193,7 @@ class SpeechLlamaTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
             self._report_groups(groups)
         if self.constraint_factory is not None:
-            self.optimizer.register_step_pre_hook(lambda *_: self.active_constraint().prepare_gradients())
-            self.optimizer.register_step_post_hook(lambda *_: self.active_constraint().after_step())
+            attach_to_optimizer(self.optimizer, self.active_constraint)
         return self.optimizer
 
     def active_constraint(self) -> GradientConstraint | None:
