@@ -78,6 +78,8 @@ def runs(tmp_path_factory, tiny_model_dir):
         "resumed": train(tiny_model_dir, data, root / "resumed", "region_freeze", importance, *region,
                          "--resume_from_checkpoint", str(root / "region" / "checkpoint-2")),
         "anchor": train(tiny_model_dir, data, root / "anchor", "importance_anchor", importance, "--anchor_lambda", "1e3"),
+        "uniform": train(tiny_model_dir, data, root / "uniform", "importance_anchor", importance, "--anchor_lambda", "1e3",
+                         "--anchor_weighting", "uniform"),
         "full": train(tiny_model_dir, data, root / "full", "full", importance),
     }
 
@@ -198,16 +200,36 @@ def test_the_anchor_pulls_toward_the_base_weights(runs, tiny_model_dir):
     assert weighted_distance(runs["anchor"]) < 0.5 * weighted_distance(runs["full"])
 
 
+def test_the_uniform_anchor_weighs_every_analysed_entry_one(runs, tiny_model_dir):
+    importance, _ = normalised_importance(runs["importance"])
+    uniform, mean = normalised_importance(runs["importance"], "uniform")
+    assert mean == 1.0 and uniform.keys() == importance.keys()
+    assert all(torch.equal(uniform[name], torch.ones_like(importance[name])) for name in importance)
+    base = weights(tiny_model_dir)
+
+    def distance(folder: Path) -> float:
+        trained = weights(folder / "final")
+        return sum(float(((trained[name] - base[name]) ** 2).sum()) for name in importance)
+
+    assert distance(runs["uniform"]) < 0.5 * distance(runs["full"])
+    # plain L2 pulls every entry alike, so it ends elsewhere than the importance-weighted anchor
+    assert distance(runs["uniform"]) != pytest.approx(distance(runs["anchor"]), rel=1e-3)
+
+
 def test_the_card_states_the_method(runs):
     region_card = (runs["region"] / "final" / "README.md").read_text()
     assert "region freezing" in region_card and "5.00%" in region_card and str(runs["importance"]) in region_card
     anchor_card = (runs["anchor"] / "final" / "README.md").read_text()
-    assert "importance anchoring" in anchor_card and "λ = 1000.0" in anchor_card
+    assert "importance anchoring" in anchor_card and "λ = 1000.0" in anchor_card and "importance over its mean" in anchor_card
+    uniform_card = (runs["uniform"] / "final" / "README.md").read_text()
+    assert "Ĩ = 1 on every analysed parameter (uniform: L2-SP)" in uniform_card
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--method", "region_freeze"], "method region_freeze needs importance"),
     (["--method", "importance_anchor", "--importance", "x.safetensors", "--anchor_lambda", "0"], "anchor_lambda must be > 0"),
+    (["--method", "importance_anchor", "--importance", "x.safetensors", "--anchor_weighting", "fisher"],
+     "anchor_weighting 'fisher': choose one of importance, uniform"),
     (["--method", "region_freeze", "--importance", "x.safetensors", "--region_unit", "row"],
      "region_unit row ranks rows or columns inside each matrix"),
     (["--method", "region_freeze", "--importance", "x.safetensors", "--region_unit", "diagonal",

@@ -20,7 +20,8 @@ from speech_llama.build import DTYPES
 
 from speech_llama.fsdp import fsdp_settings
 
-from .constraints import CONSTRAINED_METHODS, REGION_SELECTIONS, REGION_UNITS, check_anchor_strength, check_region
+from .constraints import (ANCHOR_WEIGHTINGS, CONSTRAINED_METHODS, REGION_SELECTIONS, REGION_UNITS, check_anchor_strength,
+                          check_anchor_weighting, check_region)
 from .layer_lr import SCHEMES, LayerLRError
 from .trainer import refuse_deepspeed_optimizer
 
@@ -60,6 +61,11 @@ class ModelArguments:
     )
     anchor_lambda: float = field(
         default=1.0, metadata={"help": "importance_anchor: λ of λ Σ Ĩ (θ − θ⁰)² (Ĩ: importance / its mean)"}
+    )
+    anchor_weighting: str = field(
+        default="importance",
+        metadata={"help": f"importance_anchor: Ĩ {' | '.join(ANCHOR_WEIGHTINGS)} (uniform: Ĩ = 1 on the same entries, "
+                          "L2-SP: the control for the weighting)"},
     )
     layer_lr_alpha: float = field(default=0.4, metadata={"help": "α of Eq. 3"})
     layer_lr_scheme: str = field(default="minmax", metadata={"help": f"Eq. 3 reading: {' | '.join(SCHEMES)}"})
@@ -110,6 +116,7 @@ class ModelArguments:
             check_region(self.region_fraction, self.region_selection, self.region_unit)
         if self.method == "importance_anchor":
             check_anchor_strength(self.anchor_lambda)
+            check_anchor_weighting(self.anchor_weighting)
         if self.lora_r < 1:
             raise ArgumentsError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.lora_alpha is None:

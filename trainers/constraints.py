@@ -9,6 +9,8 @@
 - ``importance_anchor``: the gradient of λ Σ Ĩ_i (θ_i − θ_i⁰)² is added to the loss's gradient
   before clipping — an EWC / MAS-style penalty with the Taylor importance in place of the Fisher.
   Ĩ = I / mean(I) over all analysed entries, so λ is the pull on an entry of average importance.
+  With ``weighting="uniform"`` every analysed entry has Ĩ = 1: L2-SP (Li et al., ICML 2018), the control
+  that says whether the importance weighting, rather than the anchoring, is what helps.
 
 Both act on each parameter's local tensor: the whole tensor in one process or under DDP, the rank's
 rows under FSDP2 (dim-0 shards), so the same code serves every launch. θ⁰ is read from the base
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 CONSTRAINED_METHODS = ("region_freeze", "importance_anchor")
 REGION_UNITS = ("entry", "row", "column")
 REGION_SELECTIONS = ("global", "per_matrix")
+ANCHOR_WEIGHTINGS = ("importance", "uniform")
 
 
 class ConstraintError(ValueError):
@@ -106,9 +109,13 @@ def _lines(tensor: torch.Tensor, fraction: float, unit: str) -> torch.Tensor:
     return flat.sort().values
 
 
-def normalised_importance(importance: str | os.PathLike) -> tuple[dict[str, torch.Tensor], float]:
-    """(name → Ĩ = I / mean I over all analysed entries, that mean)."""
+def normalised_importance(importance: str | os.PathLike, weighting: str = "importance"
+                          ) -> tuple[dict[str, torch.Tensor], float]:
+    """(name → Ĩ = I / mean I over all analysed entries, that mean); `uniform`: Ĩ = 1 on the same entries."""
+    check_anchor_weighting(weighting)
     importances = load_artifact(artifact_path(importance)).load_all()
+    if weighting == "uniform":
+        return {name: torch.ones_like(tensor, dtype=torch.float32) for name, tensor in importances.items()}, 1.0
     count = sum(tensor.numel() for tensor in importances.values())
     mean = sum(float(tensor.double().sum()) for tensor in importances.values()) / max(count, 1)
     if not mean > 0:
@@ -248,6 +255,11 @@ def check_anchor_strength(strength: float) -> None:
         raise ConstraintError(f"anchor_lambda must be > 0, got {strength}")
 
 
+def check_anchor_weighting(weighting: str) -> None:
+    if weighting not in ANCHOR_WEIGHTINGS:
+        raise ConstraintError(f"anchor_weighting {weighting!r}: choose one of {', '.join(ANCHOR_WEIGHTINGS)}")
+
+
 def _resolve(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Parameter]:
     parameters = dict(model.named_parameters())
     unknown = [name for name in names if name not in parameters]
@@ -328,7 +340,8 @@ class ImportanceAnchor(GradientConstraint):
 
 def build_constraint(method: str, model: torch.nn.Module, importance: str | os.PathLike,
                      model_name_or_path: str | os.PathLike, *, fraction: float = 0.01, selection: str = "global",
-                     unit: str = "entry", strength: float = 1.0) -> GradientConstraint | None:
+                     unit: str = "entry", strength: float = 1.0, weighting: str = "importance"
+                     ) -> GradientConstraint | None:
     """The constraint of ``method`` on ``model`` (already sharded under FSDP2), or None for other methods."""
     if method not in CONSTRAINED_METHODS:
         return None
@@ -336,12 +349,13 @@ def build_constraint(method: str, model: torch.nn.Module, importance: str | os.P
     if method == "region_freeze":
         constraint = RegionFreeze(model, region_indices(importance, fraction, selection, unit), files)
     else:
-        constraint = ImportanceAnchor(model, normalised_importance(importance)[0], files, strength)
+        constraint = ImportanceAnchor(model, normalised_importance(importance, weighting)[0], files, strength)
     logger.info("%s: %s", method, json.dumps(constraint.describe()))
     return constraint
 
 
 __all__ = [
+    "ANCHOR_WEIGHTINGS",
     "CONSTRAINED_METHODS",
     "ConstraintError",
     "GradientConstraint",
@@ -355,6 +369,7 @@ __all__ = [
     "attach_to_optimizer",
     "build_constraint",
     "check_anchor_strength",
+    "check_anchor_weighting",
     "check_region",
     "local_rows",
     "normalised_importance",

@@ -212,10 +212,11 @@ def _method_lines(info: TrainingInfo) -> list[str]:
         ]
     if info.method == "importance_anchor":
         anchor = info.constraint or {}
+        weights = ("Ĩ = 1 on every analysed parameter (uniform: L2-SP)" if anchor.get("weighting") == "uniform" else
+                   "Ĩ the pre-trained model's importance over its mean")
         return [
             "- Method: importance anchoring — full fine-tuning of the adaptor and the LLM (encoder frozen) with the "
-            f"penalty λ Σ Ĩ (θ − θ⁰)², λ = {anchor.get('lambda')}, Ĩ the pre-trained model's importance over its "
-            "mean, θ⁰ the pre-trained weights.",
+            f"penalty λ Σ Ĩ (θ − θ⁰)², λ = {anchor.get('lambda')}, {weights}, θ⁰ the pre-trained weights.",
             f"- Importance artifact: `{anchor.get('importance')}`",
         ]
     if info.method == "layer_lr":

@@ -70,7 +70,8 @@ def constraint_factory(model_args: ModelArguments):
     def build(model):
         return build_constraint(model_args.method, model, model_args.importance, model_args.model_name_or_path,
                                 fraction=model_args.region_fraction, selection=model_args.region_selection,
-                                unit=model_args.region_unit, strength=model_args.anchor_lambda)
+                                unit=model_args.region_unit, strength=model_args.anchor_lambda,
+                                weighting=model_args.anchor_weighting)
 
     return build
 
@@ -181,7 +182,8 @@ def constraint_settings(model_args: ModelArguments) -> dict | None:
         return {"importance": model_args.importance, "fraction": model_args.region_fraction,
                 "selection": model_args.region_selection, "unit": model_args.region_unit}
     if model_args.method == "importance_anchor":
-        return {"importance": model_args.importance, "lambda": model_args.anchor_lambda}
+        return {"importance": model_args.importance, "lambda": model_args.anchor_lambda,
+                "weighting": model_args.anchor_weighting}
     return None
 
 
