@@ -221,3 +221,33 @@ def test_learning_rate_ablation_chooses_on_the_dev_split(reproduced):
         assert rows[f"{chosen['rate']:g}"][str(chosen["step"])] == min(v for curve in rows.values() for v in curve.values())
     assert not list((out_dir / "train").glob("*-lr*/checkpoint-*"))
     assert "Learning rates and steps on the dev split" in (out_dir / "report.md").read_text()
+
+
+def test_importance_per_parameter_chooses_on_dev_and_joins_the_tables(reproduced):
+    from unittest import mock
+
+    from apps.reproduce.experiments import CONSTRAINT_SETTINGS
+
+    out_dir, _ = reproduced
+    settings = {"region_freeze": (0.05,), "importance_anchor": (0.5, 2.0), "uniform_anchor": (1.0,)}
+    with mock.patch.dict(CONSTRAINT_SETTINGS, settings):
+        results = Reproduction(SMALL, out_dir, progress=False).run_ablation("importance-per-parameter")
+    table = results["importance_per_parameter"]
+    assert set(table["reference"]) == {"start", "full"}
+    for method, values in settings.items():
+        rows = table["dev"][method]
+        assert set(rows) == {f"{value:g}" for value in values}
+        assert all(row["score"] == pytest.approx(row["task_ppl"] * row["text_ppl"], rel=1e-3) for row in rows.values())
+        assert rows[f"{table['chosen'][method]:g}"]["score"] == min(row["score"] for row in rows.values())
+    chosen = {method: TrainingRun(method, setting=table["chosen"][method]).series for method in settings}
+    for method, series in chosen.items():
+        assert len(results["seeds"][series]["t2t"]) == SMALL.seeds
+        assert f"t2t: {series} − full" in results["differences"] and series in results["frontier"]["finals"]
+    assert f"t2t: {chosen['importance_anchor']} − {chosen['uniform_anchor']}" in results["differences"]
+    config = (out_dir / "configs" / f"{chosen['uniform_anchor']}-seed1.yaml").read_text()
+    assert "method: importance_anchor" in config and "anchor_weighting: uniform" in config and "base-text.safetensors" in config
+    assert "region_fraction: 0.05" in (out_dir / "configs" / "region_freeze@0.05-seed0.yaml").read_text()
+    assert json.loads((out_dir / "results.json").read_text())["importance_per_parameter"] == table
+    report = (out_dir / "report.md").read_text()
+    assert "## Importance per parameter" in report and "Uniform anchor (L2-SP) (λ 1)" in report
+    assert "the importance weighting keeps more T2T than the uniform anchor: **" in report

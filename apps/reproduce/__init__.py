@@ -26,7 +26,10 @@ interrupted run continues where it stopped):
 6. figures    — `speech-llama compare` (Fig. 1–4 analogues); then accuracy.png, frontier.png,
                 `results.json` and `report.md`.
    (--ablation lora-rank: Table 3, LoRA at rank 8 / 16 / 24; --ablation learning-rate: the preset's
-   learning rates × 0.5 / × 2 on the dev split — both after the main run, its stages reused.)
+   learning rates × 0.5 / × 2 on the dev split; --ablation importance-per-parameter: region_freeze,
+   importance_anchor and the uniform anchor, each setting (p, λ) scored on the dev split at seed 0 and
+   the chosen one run at every seed, into Table 2 and the frontier — all after the main run, its stages
+   reused.)
 
 Every stage calls the project's own commands (build, synthesize, importance, deactivate, train,
 eval, compare): nothing here is a second implementation.
@@ -58,9 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paper-1b / paper-8b: the paper's models and data on GPUs (docs/real-run.md)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--fast", action="store_true", help="a ≤ 10 min smoke run of every stage (tiny sizes)")
-    parser.add_argument("--ablation", choices=("lora-rank", "learning-rate"),
+    parser.add_argument("--ablation", choices=("lora-rank", "learning-rate", "importance-per-parameter"),
                         help="after the main run (its stages reused): lora-rank = Table 3, LoRA at rank 8 / 16 / 24; "
-                             "learning-rate = Full-FT and LoRA at the preset's rates × 0.5 and × 2, dev perplexity")
+                             "learning-rate = Full-FT and LoRA at the preset's rates × 0.5 and × 2, dev perplexity; "
+                             "importance-per-parameter = region_freeze, importance_anchor and the uniform anchor, "
+                             "settings chosen on dev, at every seed")
     parser.add_argument("--seeds", type=int,
                         help="seeds of every method in the paper's condition (default: the preset's; cpu-mini 3, --fast 2)")
     parser.add_argument("--no-progress", action="store_true")

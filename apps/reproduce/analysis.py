@@ -15,7 +15,7 @@ from typing import Any
 from apps.eval_diff import correct_column
 from speech_llama.statistics import bootstrap_interval, pooled_interval, pooled_paired_difference, seed_interval
 
-from .experiments import DISTILL, METHODS, TrainingRun, series_label
+from .experiments import DISTILL, METHODS, TrainingRun, constrained_series, series_label
 from .layout import FINAL, RunLayout
 
 TASKS = ("t2t", "s2t")
@@ -89,6 +89,11 @@ def comparisons(series: list[str]) -> list[tuple[str, str, str]]:
     pairs += [("s2t", name, "start") for name in series]
     pairs += [("t2t", name, "no_ft") for name in series if name != DISTILL]
     pairs += [("t2t", "full", other) for other in ("full-self-speech", "full-other-text") if other in series]
+    constrained = constrained_series(series)
+    pairs += [(task, name, "full") for name in constrained for task in TASKS]
+    weighted = [name for name in constrained if name.startswith("importance_anchor@")]
+    uniform = [name for name in constrained if name.startswith("uniform_anchor@")]
+    pairs += [(task, a, b) for a in weighted for b in uniform for task in TASKS]
     return [(task, a, b) for task, a, b in pairs if a in series and (b in series or b in ("no_ft", "start"))]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .experiments import ALIGN, TrainingRun
+from .experiments import ALIGN, CONSTRAINED, TrainingRun
 from .layout import RunLayout
 
 
@@ -62,7 +62,20 @@ def train_config(layout: RunLayout, run: TrainingRun, progress: bool = True, lor
         config["lora_r"] = lora_rank or preset.lora_rank
     if run.method == "layer_lr":
         config["importance"] = str(layout.importance("base-text").with_suffix(".json"))
+    if run.method in CONSTRAINED:
+        config |= constraint_keys(layout, run)
     return config
+
+
+def constraint_keys(layout: RunLayout, run: TrainingRun) -> dict:
+    """A constrained run's trainer keys: the pre-trained model's text importance and its setting (p or λ);
+    the uniform anchor is importance_anchor with every Ĩ = 1."""
+    keys = {"method": "importance_anchor" if run.method == "uniform_anchor" else run.method,
+            "importance": str(layout.importance("base-text"))}
+    if run.method == "region_freeze":
+        return keys | {"region_fraction": run.setting}
+    return keys | {"anchor_lambda": run.setting,
+                   "anchor_weighting": "uniform" if run.method == "uniform_anchor" else "importance"}
 
 
 def write_train_config(layout: RunLayout, run: TrainingRun, progress: bool = True, lora_rank: int | None = None,

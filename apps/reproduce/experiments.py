@@ -14,6 +14,13 @@ ALIGN = "adaptor"  # the shared alignment stage (trainers' method `adaptor` with
 # the methods' prompts, steps and seeds. Its text ability is the start model's by construction: the
 # reference for how much S2T is reachable at zero textual cost.
 DISTILL = "distill"
+# Beyond the paper, `--ablation importance-per-parameter`: Full-FT with the pre-trained model's text importance
+# per parameter (trainers/constraints.py) — its top fraction p frozen, or an anchor λ Σ Ĩ (θ − θ⁰)² — and the
+# uniform anchor (Ĩ = 1: L2-SP), the control that tells the importance weighting from the anchoring.
+CONSTRAINED = ("region_freeze", "importance_anchor", "uniform_anchor")
+# Each one's dev sweep (region_freeze: p; the anchors: λ); the middle value is the trainers' default.
+CONSTRAINT_SETTINGS = {"region_freeze": (0.01, 0.03, 0.1), "importance_anchor": (0.3, 1.0, 3.0),
+                       "uniform_anchor": (0.3, 1.0, 3.0)}
 FROZEN_LLM = (ALIGN, DISTILL)  # runs whose LLM is the pre-trained one: their T2T and text PPL are No-FT's
 LORA_RANKS = (8, 16, 24)  # Table 3 (`--ablation lora-rank`); the main run's LoRA is `ExperimentPreset.lora_rank`
 LR_FACTORS = (0.5, 2.0)  # `--ablation learning-rate`: the preset's learning rates times these, beside the main run's
@@ -25,7 +32,9 @@ OTHER, SELF = "other", "self"
 PAPER_CONDITION = (OTHER, "speech")
 # The control the paper lacks, Full-FT on the same prompts and steps: which of the two changes costs T2T?
 CONTROL_CONDITIONS = ((SELF, "speech"), (OTHER, "text"), (SELF, "text"))
-METHOD_LABELS = {"full": "Full-FT", "layer_lr": "Layer-LR", "lora": "LoRA", DISTILL: "Distill", ALIGN: "CTC-aligned adaptor"}
+METHOD_LABELS = {"full": "Full-FT", "layer_lr": "Layer-LR", "lora": "LoRA", DISTILL: "Distill", ALIGN: "CTC-aligned adaptor",
+                 "region_freeze": "Region freeze", "importance_anchor": "Importance anchor",
+                 "uniform_anchor": "Uniform anchor (L2-SP)"}
 
 
 @dataclass(frozen=True)
@@ -36,13 +45,16 @@ class TrainingRun:
     targets: str = OTHER
     input: str = "speech"
     seed: int = 0
+    setting: float | None = None  # a constrained method's p or λ (`CONSTRAINT_SETTINGS`)
 
     @property
     def series(self) -> str:
-        """The run without its seed: what pooling over seeds groups by (`full`, `full-self-text`, …)."""
+        """The run without its seed: what pooling over seeds groups by (`full`, `full-self-text`,
+        `region_freeze@0.01`, …)."""
+        method = self.method if self.setting is None else f"{self.method}@{self.setting:g}"
         if self.in_paper_condition:
-            return self.method
-        return f"{self.method}-{self.targets}-{self.input}"
+            return method
+        return f"{method}-{self.targets}-{self.input}"
 
     @property
     def name(self) -> str:
@@ -63,11 +75,25 @@ class TrainingRun:
 def series_label(series: str) -> str:
     """A series for tables and figures: `Full-FT`, `Full-FT (self targets, typed)`, …"""
     method, _, condition = series.partition("-")
+    method, _, setting = method.partition("@")
+    label = METHOD_LABELS.get(method, method)
+    if setting:
+        label += f" ({setting_label(method, float(setting))})"
     if not condition:
-        return METHOD_LABELS.get(method, method)
+        return label
     targets, input_kind = condition.split("-")
     parts = ["self targets" if targets == SELF else "other targets", "typed questions" if input_kind == "text" else "spoken"]
-    return f"{METHOD_LABELS.get(method, method)} ({', '.join(parts)})"
+    return f"{label} ({', '.join(parts)})"
+
+
+def setting_label(method: str, setting: float) -> str:
+    """`p 1 %` for region_freeze, `λ 0.3` for the anchors."""
+    return f"p {setting:.0%}" if method == "region_freeze" else f"λ {setting:g}"
+
+
+def constrained_series(series: list[str]) -> list[str]:
+    """The series of `series` that are constrained methods (`region_freeze@0.01`, …)."""
+    return [name for name in series if name.partition("@")[0] in CONSTRAINED]
 
 
 def paper_runs(seeds: int) -> list[TrainingRun]:

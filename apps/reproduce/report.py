@@ -13,7 +13,7 @@ from typing import Any
 from speech_llama.synthesize import TRAINING_MIX
 from speech_llama.tts import training_voices
 
-from .experiments import ALIGN, METHODS, series_label
+from .experiments import ALIGN, METHODS, TrainingRun, series_label, setting_label
 from .figures import model_label
 
 HELD, NOT_HELD, NOT_RESOLVED = "held", "not held", "not resolved"
@@ -253,6 +253,45 @@ def _learning_rate_lines(table: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _importance_per_parameter_lines(results: dict[str, Any]) -> list[str]:
+    """The dev sweep of the constrained methods, their chosen settings against Full-FT and the uniform
+    anchor against the importance-weighted one, with verdicts from the pooled paired intervals."""
+    table, diffs = results["importance_per_parameter"], results.get("differences", {})
+    seeds = results["preset"]["seeds"]
+    lines = ["## Importance per parameter (`--ablation importance-per-parameter`)", "",
+             "Full-FT with the pre-trained model's text importance per parameter: its top fraction p frozen "
+             "(region freeze), or the penalty λ Σ Ĩ (θ − θ⁰)² (importance anchor, Ĩ = importance / its mean); the "
+             "uniform anchor (Ĩ = 1, L2-SP) tells the weighting from the anchoring. Dev sweep at seed 0 — task PPL: "
+             "the dev split's other-writer responses from the spoken prompts (what training teaches); text PPL: the "
+             "base LLM's own responses to the dev prompts, typed (what it should keep); the setting with the lowest "
+             "product is chosen (no test question takes part):", "",
+             "| method | setting | task PPL | text PPL | product | chosen |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in table["reference"].items():
+        lines.append(f"| {'start (no training)' if name == 'start' else series_label(name)} | – | "
+                     f"{_fmt(row['task_ppl'], 2)} | {_fmt(row['text_ppl'], 2)} | {_fmt(row['score'], 1)} | |")
+    for method, rows in table["dev"].items():
+        for setting, row in rows.items():
+            chosen = "**yes**" if float(setting) == table["chosen"][method] else ""
+            lines.append(f"| {series_label(method)} | {setting_label(method, float(setting))} | {_fmt(row['task_ppl'], 2)} "
+                         f"| {_fmt(row['text_ppl'], 2)} | {_fmt(row['score'], 1)} | {chosen} |")
+    names = [TrainingRun(method, setting=setting).series for method, setting in table["chosen"].items()]
+    lines += ["", f"The chosen settings at seeds 0–{seeds - 1} (pooled paired 95 % intervals; T2T / S2T in Table 2):", "",
+              "| method | T2T − Full-FT | S2T − Full-FT | T2T − No-FT | S2T − start |", "| --- | --- | --- | --- | --- |"]
+    for name in names:
+        cells = [diffs.get(key) for key in (f"t2t: {name} − full", f"s2t: {name} − full", f"t2t: {name} − no_ft",
+                                             f"s2t: {name} − start")]
+        lines.append(f"| {series_label(name)} | " + " | ".join(_difference_text(cell) for cell in cells) + " |")
+    lines.append("")
+    verdicts = [(f"{series_label(name)} keeps more T2T than Full-FT", [diffs.get(f"t2t: {name} − full")]) for name in names]
+    weighted, uniform = (TrainingRun(method, setting=table["chosen"][method]).series
+                         for method in ("importance_anchor", "uniform_anchor"))
+    verdicts.append(("the importance weighting keeps more T2T than the uniform anchor",
+                     [diffs.get(f"t2t: {weighted} − {uniform}")]))
+    lines += [f"- {claim}: **{interval_status(intervals, +1)}**"
+              + "".join(f" ({_difference_text(interval)})" for interval in intervals if interval) for claim, intervals in verdicts]
+    return lines + [""]
+
+
 def render_report(results: dict[str, Any], out_dir: Path) -> str:
     """report.md: the paper's tables in its shape, the control, the curves, the figures, the verdicts."""
     lines = [f"# The paper in miniature — preset `{results['preset']['name']}`", ""]
@@ -266,6 +305,8 @@ def render_report(results: dict[str, Any], out_dir: Path) -> str:
         lines += _table3_lines(results["table3"])
     if results.get("learning_rates"):
         lines += _learning_rate_lines(results["learning_rates"])
+    if results.get("importance_per_parameter"):
+        lines += _importance_per_parameter_lines(results)
     lines += ["## Perplexity of the base LLM's held-out responses (seed 0)", "", "| model | text input | speech input |",
               "| --- | --- | --- |"]
     for name, row in results["perplexity"].items():

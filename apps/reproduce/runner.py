@@ -17,8 +17,8 @@ from .analysis import Outcomes, accuracy_tables, curves, differences, frontier, 
 from .checkpoints import keep_curve_checkpoints, remove_checkpoint
 from .configs import write_train_config
 from .distill import self_distil
-from .experiments import (ALIGN, DISTILL, LORA_RANKS, LR_FACTORS, METHODS, OTHER, SELF, ExperimentPreset, TrainingRun,
-                          lora_run_name)
+from .experiments import (ALIGN, CONSTRAINED, CONSTRAINT_SETTINGS, DISTILL, LORA_RANKS, LR_FACTORS, METHODS, OTHER, SELF,
+                          ExperimentPreset, TrainingRun, lora_run_name)
 from .figures import save_accuracy_figure, save_frontier_figure
 from .layout import FINAL, RunLayout, done
 from .report import hypotheses, render_report
@@ -261,15 +261,25 @@ class Reproduction(RunLayout):
 
     def _dev_perplexity_of(self, name: str, model_dir: Path, step: int) -> float:
         """The dev split's other-writer responses' PPL, speech input, of `name` at `step` (cached in DIR/eval/dev)."""
-        path = self.dir / "eval" / "dev" / f"{name}-{step}.json"
+        return self._cached_perplexity(self.dir / "eval" / "dev" / f"{name}-{step}.json", model_dir, self.dev_records,
+                                       "speech")
+
+    def _dev_text_perplexity_of(self, name: str, model_dir: Path) -> float:
+        """The base LLM's own responses to the dev prompts, typed: how far `name` moved from the text
+        behaviour it started with, on prompts no run trains on (cached in DIR/eval/dev)."""
+        records = self.text_dir / "dev-self.jsonl"
+        self._self_distil(read_jsonl(self.text_dir / "dev.jsonl"), records)
+        return self._cached_perplexity(self.dir / "eval" / "dev" / f"{name}-text.json", model_dir, records, "text")
+
+    def _cached_perplexity(self, path: Path, model_dir: Path, records_path: Path, input_kind: str) -> float:
         if not done(path):
             from speech_llama.generate import load_model
             from speech_llama.perplexity import response_perplexity
             from speech_llama.records import load_records
 
             model, processor = load_model(model_dir, dtype=self.preset.inference_dtype)
-            records = load_records(self.dev_records, require_audio=True)
-            result = response_perplexity(model, processor, records, input="speech",
+            records = load_records(records_path, require_audio=input_kind == "speech")
+            result = response_perplexity(model, processor, records, input=input_kind,
                                          batch_size=self.preset.importance_batch_size)
             atomic_write_json(path, {"ppl": result.ppl})
         return _read_json(path)["ppl"]
@@ -323,15 +333,18 @@ class Reproduction(RunLayout):
                                           "spearman": metrics["spearman"], "peak_layer": metrics["peak_layer"]["after"]})
         return table
 
+    def outcome_tables(self, runs: list[TrainingRun], curve_table: dict[str, list[dict]]) -> dict[str, Any]:
+        """Table 2, the paired differences and the frontier of `runs`' final models."""
+        outcomes = Outcomes(self, runs)
+        return {**accuracy_tables(outcomes), "differences": differences(outcomes),
+                "frontier": frontier(curve_table, outcomes, self.preset.curve_records)}
+
     def results(self, table1: dict, other_writer: dict, training: dict, evaluation: dict) -> dict[str, Any]:
         """Everything results.json holds, computed from the stages' files."""
-        outcomes = Outcomes(self, self.runs)
-        accuracy = accuracy_tables(outcomes)
-        diffs = differences(outcomes)
         curve_runs = [run for run in self.runs if self.preset.has_curve(run)]
-        limit = self.preset.curve_records
-        curve_table = curves(outcomes, curve_runs, self.preset.checkpoint_steps(), self.preset.max_steps, limit,
-                             evaluation["dev_ppl"])
+        curve_table = curves(Outcomes(self, curve_runs), curve_runs, self.preset.checkpoint_steps(), self.preset.max_steps,
+                             self.preset.curve_records, evaluation["dev_ppl"])
+        tables = self.outcome_tables(self.runs, curve_table)
         shift = shift_summary(self.shift_per_seed())
         return {
             "preset": {**asdict(self.preset), "curve_fractions": list(self.preset.curve_fractions)},  # as JSON reads it back
@@ -339,16 +352,16 @@ class Reproduction(RunLayout):
             "importance_records": importance_count(self.preset),
             "table1": _table1_rows(table1["paper"]),
             "table1_short_answers": _table1_rows(table1["short_answers"]),
-            **accuracy,
+            **{key: value for key, value in tables.items() if key not in ("differences", "frontier")},
             "perplexity": evaluation["perplexity"],
-            "differences": diffs,
+            "differences": tables["differences"],
             "curves": curve_table,
             "dev_choice": dev_choice(curve_table),
-            "frontier": frontier(curve_table, outcomes, limit),
+            "frontier": tables["frontier"],
             "shift": shift,
             "training": {name: {"first_loss": (s["loss_curve"] or [None])[0], "last_loss": (s["loss_curve"] or [None])[-1],
                                 "steps": s.get("global_step")} for name, s in training.items()},
-            "hypotheses": hypotheses(table1["paper"], shift, diffs),
+            "hypotheses": hypotheses(table1["paper"], shift, tables["differences"]),
         }
 
     def check_design(self) -> None:
@@ -380,8 +393,6 @@ class Reproduction(RunLayout):
         evaluation = self.stage("evaluate", self.evaluate)
         self.stage("figures", self.compare)
         results = self.results(table1, other_writer, training, evaluation)
-        save_accuracy_figure(results, self.dir / "figures")
-        save_frontier_figure(results, self.dir / "figures")
         results |= {"stage_seconds": dict(self.timings),
                     "wall_s": round(sum(self.timings.get(stage, 0.0) for stage in MAIN_STAGES), 1),
                     "this_run_s": round(time.perf_counter() - started, 1)}
@@ -389,6 +400,8 @@ class Reproduction(RunLayout):
         return results
 
     def _write(self, results: dict[str, Any]) -> None:
+        save_accuracy_figure(results, self.dir / "figures")
+        save_frontier_figure(results, self.dir / "figures")
         atomic_write_json(self.dir / "results.json", results)
         (self.dir / "report.md").write_text(render_report(results, self.dir))
 
@@ -402,11 +415,47 @@ class Reproduction(RunLayout):
     def run_ablation(self, name: str) -> dict[str, Any]:
         """Run (or finish) the main reproduction, then the named ablation; results.json and report.md gain it."""
         ablations = {"lora-rank": ("table3", self.lora_rank_ablation),
-                     "learning-rate": ("learning_rates", self.learning_rate_ablation)}
+                     "learning-rate": ("learning_rates", self.learning_rate_ablation),
+                     "importance-per-parameter": ("importance_per_parameter", self.importance_per_parameter_ablation)}
         if name not in ablations:
             raise ValueError(f"unknown ablation {name!r}; the ones there are: {', '.join(ablations)}")
         key, function = ablations[name]
-        return self._extend(self.run(), key, f"ablation {name}", function)
+        results = self._extend(self.run(), key, f"ablation {name}", function)
+        if key == "importance_per_parameter":  # the chosen settings join Table 2, the differences and the frontier
+            results |= self.outcome_tables(self.runs + constrained_runs(results[key]["chosen"], self.preset.seeds),
+                                           results["curves"])
+            self._write(results)
+        return results
+
+    def importance_per_parameter_ablation(self) -> dict[str, Any]:
+        """Full-FT with the pre-trained model's text importance per parameter — region_freeze, importance_anchor —
+        and the uniform anchor (L2-SP). Seed 0 of every setting of `CONSTRAINT_SETTINGS` is scored on the dev
+        split (`dev_scores`); each method's setting with the lowest score is trained at every seed of the main
+        run and evaluated like the paper's methods. No test question takes part in the choice."""
+        start = {"task_ppl": self._dev_perplexity_of("start", self.start_model, 0),
+                 "text_ppl": self._dev_text_perplexity_of("no_ft", self.base_model)}
+        reference = {"start": start | {"score": round(start["task_ppl"] * start["text_ppl"], 4)},
+                     "full": self.dev_scores(TrainingRun("full"))}
+        sweep: dict[str, dict[str, dict]] = {}
+        for method in CONSTRAINED:
+            sweep[method] = {}
+            for setting in CONSTRAINT_SETTINGS[method]:
+                run = TrainingRun(method, seed=0, setting=setting)
+                self._train(run, checkpoint_steps=())
+                sweep[method][f"{setting:g}"] = self.dev_scores(run)
+        chosen = {method: float(min(rows, key=lambda setting: rows[setting]["score"])) for method, rows in sweep.items()}
+        for run in constrained_runs(chosen, self.preset.seeds):
+            self._train(run, checkpoint_steps=())
+            self._evaluate_model(run, FINAL)
+        return {"reference": reference, "dev": sweep, "chosen": chosen}
+
+    def dev_scores(self, run: TrainingRun) -> dict[str, float]:
+        """A final model on the dev split: the other writer's responses from the spoken prompts (`task_ppl`,
+        what training teaches), the base LLM's own responses from the typed prompts (`text_ppl`, what it
+        should keep), and `score`, their product (lower is better: both count alike, in ratios)."""
+        model = self.trained_model(run.name)
+        task, text = self._dev_perplexity_of(run.name, model, self.preset.max_steps), self._dev_text_perplexity_of(run.name, model)
+        return {"task_ppl": task, "text_ppl": text, "score": round(task * text, 4)}
 
     def lora_rank_ablation(self) -> dict[str, Any]:
         """Table 3: LoRA at each of `LORA_RANKS` in the paper's condition, seed 0, on the main run's data and
@@ -458,6 +507,11 @@ class Reproduction(RunLayout):
             if step != self.preset.max_steps:
                 remove_checkpoint(model)
         return curve
+
+
+def constrained_runs(chosen: dict[str, float], seeds: int) -> list[TrainingRun]:
+    """Each constrained method at its chosen setting, seed by seed (the paper's condition)."""
+    return [TrainingRun(method, seed=seed, setting=setting) for seed in range(seeds) for method, setting in chosen.items()]
 
 
 def dev_choice(curve_table: dict[str, list[dict]]) -> dict[str, dict]:
