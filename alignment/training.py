@@ -49,24 +49,29 @@ class CachedClip:
     text: str
 
 
-def load_split(split_dir: Path, tokenizer, limit: int | None = None) -> list[CachedClip]:
-    """A corpus split's clips: cached encoder states and the transcript's LLM tokens."""
-    rows = read_jsonl(split_dir / "data.jsonl")[:limit]
-    clips = []
-    for line, row in enumerate(rows, start=1):
+def cached_split(split_dir: Path, limit: int | None = None) -> list[tuple[dict, np.ndarray]]:
+    """A corpus split's rows (`data.jsonl`) with their cached encoder states (T, d_enc), in file order."""
+    split_dir = Path(split_dir)
+    pairs: list[tuple[dict, np.ndarray]] = []
+    for line, row in enumerate(read_jsonl(split_dir / "data.jsonl")[:limit], start=1):
         path = split_dir / row["features"]
         if not path.is_file():
             raise FileNotFoundError(f"{split_dir / 'data.jsonl'}, line {line}: cached features {path} are missing "
                                     "(finish the corpus with `speech-llama corpus`)")
         states = np.load(path)
-        if clips and states.shape[1] != clips[0].states.shape[1]:
+        if pairs and states.shape[1] != pairs[0][1].shape[1]:
             # A build interrupted while switching encoders can leave states of two encoders side by side.
             raise ValueError(f"{split_dir / 'data.jsonl'}, line {line}: cached features {path} are {states.shape[1]} wide, "
-                             f"line 1's are {clips[0].states.shape[1]}: delete the clips of the other encoder and "
+                             f"line 1's are {pairs[0][1].shape[1]}: delete the clips of the other encoder and "
                              "rerun `speech-llama corpus`")
-        ids = tokenizer(row["question"], add_special_tokens=False)["input_ids"]
-        clips.append(CachedClip(states, ids, row["question"]))
-    return clips
+        pairs.append((row, states))
+    return pairs
+
+
+def load_split(split_dir: Path, tokenizer, limit: int | None = None) -> list[CachedClip]:
+    """A corpus split's clips: cached encoder states and the transcript's LLM tokens."""
+    return [CachedClip(states, tokenizer(row["question"], add_special_tokens=False)["input_ids"], row["question"])
+            for row, states in cached_split(split_dir, limit)]
 
 
 def padded_states(arrays: list[np.ndarray]) -> torch.Tensor:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignment.training import batch_order, padded_states, warmup_cosine
+from alignment.training import batch_order, cached_split, padded_states, warmup_cosine
 from speech_llama.files import atomic_write, atomic_write_json, read_jsonl, write_jsonl
 from speech_llama.precision import cpu_runs_bfloat16
 from speech_llama.prompts import TRANSCRIPT_INSTRUCTION, qa_training_text
@@ -104,16 +104,9 @@ class TrainingClip:
 
 def training_clips(corpus_dir: Path, split: str, responses: dict[str, str]) -> list[TrainingClip]:
     """Every clip of a corpus split with its states (`features`) and, where its source is answered, the response."""
-    split_dir = Path(corpus_dir) / split
-    clips = []
-    for line, row in enumerate(read_jsonl(split_dir / "data.jsonl"), start=1):
-        path = split_dir / row["features"]
-        if not path.is_file():
-            raise FileNotFoundError(f"{split_dir / 'data.jsonl'}, line {line}: cached features {path} are missing "
-                                    "(finish the corpus with `speech-llama corpus`)")
-        answered = row.get("source", "prompts") in RESPONSE_SOURCES
-        clips.append(TrainingClip(np.load(path), row["question"], responses.get(row["question"], "") if answered else ""))
-    return clips
+    return [TrainingClip(states, row["question"],
+                         responses.get(row["question"], "") if row.get("source", "prompts") in RESPONSE_SOURCES else "")
+            for row, states in cached_split(Path(corpus_dir) / split)]
 
 
 def _target(clip: TrainingClip, draw: float, settings: LoraReleaseSettings) -> tuple[str, str | None]:
