@@ -239,6 +239,8 @@ def test_importance_per_parameter_chooses_on_dev_and_joins_the_tables(reproduced
         assert set(rows) == {f"{value:g}" for value in values}
         assert all(row["score"] == pytest.approx(row["task_ppl"] * row["text_ppl"], rel=1e-3) for row in rows.values())
         assert rows[f"{table['chosen'][method]:g}"]["score"] == min(row["score"] for row in rows.values())
+        assert all(0 <= row[task] <= 1 for row in rows.values() for task in ("t2t", "s2t"))
+    assert table["reference"]["full"]["t2t"] == pytest.approx(results["seeds"]["full"]["t2t"][0], abs=1e-4)
     chosen = {method: TrainingRun(method, setting=table["chosen"][method]).series for method in settings}
     for method, series in chosen.items():
         assert len(results["seeds"][series]["t2t"]) == SMALL.seeds

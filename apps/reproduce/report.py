@@ -264,16 +264,20 @@ def _importance_per_parameter_lines(results: dict[str, Any]) -> list[str]:
              "uniform anchor (Ĩ = 1, L2-SP) tells the weighting from the anchoring. Dev sweep at seed 0 — task PPL: "
              "the dev split's other-writer responses from the spoken prompts (what training teaches); text PPL: the "
              "base LLM's own responses to the dev prompts, typed (what it should keep); the setting with the lowest "
-             "product is chosen (no test question takes part):", "",
-             "| method | setting | task PPL | text PPL | product | chosen |", "| --- | --- | --- | --- | --- | --- |"]
+             "product is chosen (no test question takes part; the test accuracies of seed 0 are shown beside it, "
+             "measured after the choice):", "",
+             "| method | setting | task PPL | text PPL | product | chosen | T2T (seed 0) | S2T (seed 0) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in table["reference"].items():
-        lines.append(f"| {'start (no training)' if name == 'start' else series_label(name)} | – | "
-                     f"{_fmt(row['task_ppl'], 2)} | {_fmt(row['text_ppl'], 2)} | {_fmt(row['score'], 1)} | |")
+        lines.append(f"| {'No-FT / start' if name == 'start' else series_label(name)} | – | "
+                     f"{_fmt(row['task_ppl'], 2)} | {_fmt(row['text_ppl'], 2)} | {_fmt(row['score'], 1)} | | "
+                     f"{_fmt(row.get('t2t'))} | {_fmt(row.get('s2t'))} |")
     for method, rows in table["dev"].items():
         for setting, row in rows.items():
             chosen = "**yes**" if float(setting) == table["chosen"][method] else ""
             lines.append(f"| {series_label(method)} | {setting_label(method, float(setting))} | {_fmt(row['task_ppl'], 2)} "
-                         f"| {_fmt(row['text_ppl'], 2)} | {_fmt(row['score'], 1)} | {chosen} |")
+                         f"| {_fmt(row['text_ppl'], 2)} | {_fmt(row['score'], 1)} | {chosen} | {_fmt(row.get('t2t'))} | "
+                         f"{_fmt(row.get('s2t'))} |")
     names = [TrainingRun(method, setting=setting).series for method, setting in table["chosen"].items()]
     lines += ["", f"The chosen settings at seeds 0–{seeds - 1} (pooled paired 95 % intervals; T2T / S2T in Table 2):", "",
               "| method | T2T − Full-FT | S2T − Full-FT | T2T − No-FT | S2T − start |", "| --- | --- | --- | --- | --- |"]

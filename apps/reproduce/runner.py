@@ -447,7 +447,18 @@ class Reproduction(RunLayout):
         for run in constrained_runs(chosen, self.preset.seeds):
             self._train(run, checkpoint_steps=())
             self._evaluate_model(run, FINAL)
+        # Reported beside the choice, never read by it: how each setting did on the test questions.
+        reference["start"] |= {"t2t": self._eval(self.base_model, "t2t", self.eval_dir("no_ft", "t2t")),
+                               "s2t": self._eval(self.start_model, "s2t", self.start_eval_dir("s2t"))}
+        reference["full"] |= self.test_accuracies(TrainingRun("full"))
+        for method, rows in sweep.items():
+            for setting, row in rows.items():
+                row |= self.test_accuracies(TrainingRun(method, seed=0, setting=float(setting)))
         return {"reference": reference, "dev": sweep, "chosen": chosen}
+
+    def test_accuracies(self, run: TrainingRun) -> dict[str, float]:
+        """A run's final T2T and S2T on the test questions."""
+        return {task: self._eval(self.trained_model(run.name), task, self.eval_dir(run.name, task)) for task in ("t2t", "s2t")}
 
     def dev_scores(self, run: TrainingRun) -> dict[str, float]:
         """A final model on the dev split: the other writer's responses from the spoken prompts (`task_ppl`,
