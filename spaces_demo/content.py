@@ -206,13 +206,6 @@ def ensure_importance(plan: ContentPlan, model_dir: Path, report: ProgressCallba
     return compute_text_importance(model_dir, out, records, plan.samples, plan.batch_size, report)
 
 
-def build_default_content(plan: ContentPlan, report: ProgressCallback | None = None) -> tuple[Path, Path]:
-    """Run both steps (each only when its output is missing) → (model folder, artifact)."""
-    report = report or (lambda message, fraction: None)
-    model_dir = ensure_model(plan, report)
-    return model_dir, ensure_importance(plan, model_dir, report)
-
-
 # --- background builder with progress ---------------------------------------------------------
 
 
@@ -279,12 +272,13 @@ class ContentBuilder:
 
     def _run(self) -> None:
         try:
-            model_dir, artifact = build_default_content(self.plan, self.report)
+            model_dir = ensure_model(self.plan, self.report)
+            self.model_dir = model_dir  # "Try it" answers while the importance is computed
+            artifact = ensure_importance(self.plan, model_dir, self.report)
         except Exception as error:  # shown in the UI and logged with its traceback; the Space keeps serving
             logger.exception("default content failed")
             self._update(state="failed", error=str(error), finished=time.monotonic())
             return
-        self.model_dir = model_dir
         seconds = time.monotonic() - self.progress.started
         logger.info("default content ready in %.0f s: model %s, importance %s", seconds, model_dir, artifact)
         self._update(state="ready", message="ready", fraction=1.0, finished=time.monotonic())

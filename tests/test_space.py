@@ -92,6 +92,30 @@ def test_matrix_view_draws_the_frozen_region(tmp_path):
         matrix_view(path, "a", 0, "mlp.down_proj.weight", "5 %")
 
 
+def test_try_it_gets_the_model_while_the_importance_is_computed(tmp_path, monkeypatch):
+    import threading
+
+    from spaces_demo import content as content_module
+
+    model_dir, importance_started, finish_importance = tmp_path / "model", threading.Event(), threading.Event()
+
+    def slow_importance(plan, model, report):
+        importance_started.set()
+        assert finish_importance.wait(10)
+        return tmp_path / "importance.safetensors"
+
+    monkeypatch.setattr(content_module, "ensure_model", lambda plan, report: model_dir)
+    monkeypatch.setattr(content_module, "ensure_importance", slow_importance)
+    ready = threading.Event()
+    builder = content_module.ContentBuilder(content_module.ContentPlan(folder=tmp_path / "space"), on_ready=ready.set)
+    assert builder.model_dir is None
+    builder.start()
+    assert importance_started.wait(10)
+    assert builder.model_dir == model_dir and builder.progress.state == "building" and not ready.is_set()
+    finish_importance.set()
+    assert builder.wait(10).state == "ready" and ready.is_set()
+
+
 # --- the running Space in Chromium --------------------------------------------------------------
 
 
