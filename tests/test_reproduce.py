@@ -253,3 +253,5 @@ def test_importance_per_parameter_chooses_on_dev_and_joins_the_tables(reproduced
     report = (out_dir / "report.md").read_text()
     assert "## Importance per parameter" in report and "Uniform anchor (L2-SP) (λ 1)" in report
     assert "the importance weighting keeps more T2T than the uniform anchor: **" in report
+    rerun = Reproduction(SMALL, out_dir, progress=False).run()  # a later run keeps the ablation and its series
+    assert rerun["importance_per_parameter"] == table and all(series in rerun["table2"] for series in chosen.values())

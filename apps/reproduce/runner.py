@@ -30,6 +30,9 @@ TABLE1_SETS = {"paper": "ppl", "short_answers": "test"}
 MAIN_STAGES = ("model", "data", "importance", "train", "evaluate", "figures")
 # Preset fields a resumed run may change: more seeds reuse every finished run of the fewer.
 RESUMABLE_CHANGES = ("seeds", "control_seeds", "notes")
+# `--ablation NAME` → its key in results.json; a later run keeps the ones already there (their runs are cached).
+ABLATION_KEYS = {"lora-rank": "table3", "learning-rate": "learning_rates",
+                 "importance-per-parameter": "importance_per_parameter"}
 
 
 def run_command(argv: list[str]) -> Any:
@@ -392,11 +395,26 @@ class Reproduction(RunLayout):
         training = self.stage("train", self.train_methods)
         evaluation = self.stage("evaluate", self.evaluate)
         self.stage("figures", self.compare)
-        results = self.results(table1, other_writer, training, evaluation)
+        results = self.with_ablations(self.results(table1, other_writer, training, evaluation), self._earlier_ablations())
         results |= {"stage_seconds": dict(self.timings),
                     "wall_s": round(sum(self.timings.get(stage, 0.0) for stage in MAIN_STAGES), 1),
                     "this_run_s": round(time.perf_counter() - started, 1)}
         self._write(results)
+        return results
+
+    def _earlier_ablations(self) -> dict[str, Any]:
+        """The ablations an earlier run of this DIR wrote into results.json."""
+        path = self.dir / "results.json"
+        earlier = _read_json(path) if path.is_file() else {}
+        return {key: earlier[key] for key in ABLATION_KEYS.values() if key in earlier}
+
+    def with_ablations(self, results: dict[str, Any], ablations: dict[str, Any]) -> dict[str, Any]:
+        """`results` with the ablations' tables; the importance-per-parameter runs join Table 2, the
+        differences and the frontier."""
+        results = results | ablations
+        if "importance_per_parameter" in results:
+            chosen = results["importance_per_parameter"]["chosen"]
+            results |= self.outcome_tables(self.runs + constrained_runs(chosen, self.preset.seeds), results["curves"])
         return results
 
     def _write(self, results: dict[str, Any]) -> None:
@@ -405,26 +423,17 @@ class Reproduction(RunLayout):
         atomic_write_json(self.dir / "results.json", results)
         (self.dir / "report.md").write_text(render_report(results, self.dir))
 
-    def _extend(self, results: dict[str, Any], key: str, stage: str, function) -> dict[str, Any]:
-        results[key] = self.stage(stage, function)
-        results["stage_seconds"] = dict(self.timings)
-        self._write(results)
-        return results
-
     # --- ablations, after the main run (its stages reused) ---
     def run_ablation(self, name: str) -> dict[str, Any]:
         """Run (or finish) the main reproduction, then the named ablation; results.json and report.md gain it."""
-        ablations = {"lora-rank": ("table3", self.lora_rank_ablation),
-                     "learning-rate": ("learning_rates", self.learning_rate_ablation),
-                     "importance-per-parameter": ("importance_per_parameter", self.importance_per_parameter_ablation)}
-        if name not in ablations:
-            raise ValueError(f"unknown ablation {name!r}; the ones there are: {', '.join(ablations)}")
-        key, function = ablations[name]
-        results = self._extend(self.run(), key, f"ablation {name}", function)
-        if key == "importance_per_parameter":  # the chosen settings join Table 2, the differences and the frontier
-            results |= self.outcome_tables(self.runs + constrained_runs(results[key]["chosen"], self.preset.seeds),
-                                           results["curves"])
-            self._write(results)
+        functions = {"lora-rank": self.lora_rank_ablation, "learning-rate": self.learning_rate_ablation,
+                     "importance-per-parameter": self.importance_per_parameter_ablation}
+        if name not in functions:
+            raise ValueError(f"unknown ablation {name!r}; the ones there are: {', '.join(functions)}")
+        results = self.run()
+        results[ABLATION_KEYS[name]] = self.stage(f"ablation {name}", functions[name])
+        results = self.with_ablations(results, {}) | {"stage_seconds": dict(self.timings)}
+        self._write(results)
         return results
 
     def importance_per_parameter_ablation(self) -> dict[str, Any]:
