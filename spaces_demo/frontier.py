@@ -30,8 +30,14 @@ COLOURS = {"full": "#d62728", "layer_lr": "#1f77b4", "lora": "#2ca02c", "distill
            "full-self-speech": "#ff7f0e", "full-other-text": "#8c564b", "full-self-text": "#7f7f7f"}
 
 
-def _colour(series: str, index: int) -> str:
-    return COLOURS.get(series, f"C{index % 10}")
+# For series without a colour of their own (e.g. the importance-per-parameter methods), in order of appearance.
+SPARE_COLOURS = ("#e377c2", "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39", "#7b4173")
+
+
+def series_colours(series: list[str]) -> dict[str, str]:
+    """A distinct colour per series: `COLOURS` where it names one, else the next spare colour."""
+    spare = iter(SPARE_COLOURS * (1 + len(series) // len(SPARE_COLOURS)))
+    return {name: COLOURS.get(name) or next(spare) for name in series}
 
 
 def frontier_figure(frontier: Mapping, labels: Mapping[str, str] | None = None) -> Figure:
@@ -42,8 +48,9 @@ def frontier_figure(frontier: Mapping, labels: Mapping[str, str] | None = None) 
     axes.axhline(0, color="black", linewidth=0.6)
     axes.axvline(0, color="black", linewidth=0.6)
     series = list(dict.fromkeys([*frontier.get("curves", {}), *frontier.get("finals", {})]))
-    for index, name in enumerate(series):
-        colour, label = _colour(name, index), labels.get(name, name)
+    colours = series_colours(series)
+    for name in series:
+        colour, label = colours[name], labels.get(name, name)
         points = frontier.get("curves", {}).get(name)
         if points:
             axes.plot([p["t2t_kept"] for p in points], [p["s2t_gained"] for p in points], color=colour, alpha=0.55,
@@ -146,4 +153,5 @@ def frontier_tab(root: Path, demo) -> None:
     demo.load(listing, None, choice).then(show, choice, [note, plot, table])
 
 
-__all__ = ["SHIPPED_RESULTS", "find_reproductions", "frontier_figure", "frontier_tab", "frontier_table", "frontier_view"]
+__all__ = ["SHIPPED_RESULTS", "find_reproductions", "frontier_figure", "frontier_tab", "frontier_table", "frontier_view",
+           "series_colours"]

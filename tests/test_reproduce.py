@@ -251,7 +251,7 @@ def test_importance_per_parameter_chooses_on_dev_and_joins_the_tables(reproduced
     assert "region_fraction: 0.05" in (out_dir / "configs" / "region_freeze@0.05-seed0.yaml").read_text()
     assert json.loads((out_dir / "results.json").read_text())["importance_per_parameter"] == table
     report = (out_dir / "report.md").read_text()
-    assert "## Importance per parameter" in report and "Uniform anchor (L2-SP) (λ 1)" in report
+    assert "## Importance per parameter" in report and "Uniform anchor, L2-SP (λ 1)" in report
     assert "the importance weighting keeps more T2T than the uniform anchor: **" in report
     rerun = Reproduction(SMALL, out_dir, progress=False).run()  # a later run keeps the ablation and its series
     assert rerun["importance_per_parameter"] == table and all(series in rerun["table2"] for series in chosen.values())

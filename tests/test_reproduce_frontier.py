@@ -33,6 +33,16 @@ def test_the_figure_draws_each_curve_and_each_final_with_its_intervals():
     assert [text.get_text() for text in axes.texts if text.get_text() in ("0.25", "1")] == ["0.25", "1", "1"]
 
 
+def test_every_series_gets_its_own_colour():
+    series = ["full", "layer_lr", "lora", "distill", "full-self-speech", "full-other-text", "full-self-text",
+              "region_freeze@0.01", "importance_anchor@0.3", "uniform_anchor@0.3"]
+    from matplotlib.colors import to_hex
+
+    colours = frontier_module.series_colours(series)
+    assert len({to_hex(colour) for colour in colours.values()}) == len(series)
+    assert colours["full"] == frontier_module.COLOURS["full"]
+
+
 def test_reproductions_are_found_in_the_folder_and_one_level_down(tmp_path, monkeypatch):
     monkeypatch.setattr(frontier_module, "SHIPPED_RESULTS", tmp_path / "none.json")
     (tmp_path / "paper").mkdir()

@@ -34,7 +34,7 @@ PAPER_CONDITION = (OTHER, "speech")
 CONTROL_CONDITIONS = ((SELF, "speech"), (OTHER, "text"), (SELF, "text"))
 METHOD_LABELS = {"full": "Full-FT", "layer_lr": "Layer-LR", "lora": "LoRA", DISTILL: "Distill", ALIGN: "CTC-aligned adaptor",
                  "region_freeze": "Region freeze", "importance_anchor": "Importance anchor",
-                 "uniform_anchor": "Uniform anchor (L2-SP)"}
+                 "uniform_anchor": "Uniform anchor, L2-SP"}
 
 
 @dataclass(frozen=True)
