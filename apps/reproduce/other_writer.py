@@ -104,28 +104,48 @@ def content_words(text: str) -> set[str]:
     return {word for word in normalized(text).split() if word not in STOP_WORDS and len(word) > 2}
 
 
-def held_out_overlap(pair: OtherWriterPair, held_out: list[dict]) -> bool:
-    """Whether the pair repeats, nearly repeats, or answers around a held-out question (module docstring)."""
+@dataclass(frozen=True)
+class HeldOutQuestion:
+    """What the overlap rules read of one held-out record, normalised once."""
+
+    key: str
+    words: frozenset[str]
+    answers: tuple[str, ...]
+
+
+def held_out_questions(held_out: list[dict]) -> list[HeldOutQuestion]:
+    # One-letter answers ("A") are in every sentence; they say nothing about a leak.
+    return [HeldOutQuestion(normalized(record["question"]), frozenset(content_words(record["question"])),
+                            tuple(answer for answer in map(normalized, record.get("answers") or [record.get("answer", "")])
+                                  if len(answer) > 1))
+            for record in held_out]
+
+
+def overlaps_any(pair: OtherWriterPair, questions: list[HeldOutQuestion]) -> bool:
+    """Whether the pair repeats, nearly repeats, or answers around one of the held-out questions."""
     question_key, question_words = normalized(pair.question), content_words(pair.question)
     pair_text = f" {normalized(pair.question + ' ' + pair.response)} "
-    for record in held_out:
-        held_words = content_words(record["question"])
-        if question_key == normalized(record["question"]):
+    for question in questions:
+        if question_key == question.key:
             return True
-        shared = question_words & held_words
-        if shared and len(shared) / len(question_words | held_words) >= NEAR_DUPLICATE:
+        shared = question_words & question.words
+        if shared and len(shared) / len(question_words | question.words) >= NEAR_DUPLICATE:
             return True
-        answers = [normalized(answer) for answer in record.get("answers") or [record.get("answer", "")]]
-        # One-letter answers ("A") are in every sentence; they say nothing about a leak.
-        if shared and any(len(answer) > 1 and f" {answer} " in pair_text for answer in answers):
+        if shared and any(f" {answer} " in pair_text for answer in question.answers):
             return True
     return False
+
+
+def held_out_overlap(pair: OtherWriterPair, held_out: list[dict]) -> bool:
+    """Whether the pair repeats, nearly repeats, or answers around a held-out question (module docstring)."""
+    return overlaps_any(pair, held_out_questions(held_out))
 
 
 def usable_pairs(held_out: list[dict], folder: Path | None = None) -> OtherWriterData:
     """The pairs a reproduction may train on: cleaned, filtered and de-duplicated (module docstring)."""
     folder = folder or corpus_folder()
     raw, dropped = read_pairs(folder)
+    questions = held_out_questions(held_out)
     seen: set[str] = set()
     kept = []
     for pair in raw:
@@ -137,7 +157,7 @@ def usable_pairs(held_out: list[dict], folder: Path | None = None) -> OtherWrite
             dropped["code in the response"] += 1
         elif key in seen:
             dropped["question seen before"] += 1
-        elif held_out_overlap(pair, held_out):
+        elif overlaps_any(pair, questions):
             dropped["overlaps a held-out QA question"] += 1
         else:
             seen.add(key)
