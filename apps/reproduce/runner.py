@@ -342,12 +342,14 @@ class Reproduction(RunLayout):
         return {**accuracy_tables(outcomes), "differences": differences(outcomes),
                 "frontier": frontier(curve_table, outcomes, self.preset.curve_records)}
 
-    def results(self, table1: dict, other_writer: dict, training: dict, evaluation: dict) -> dict[str, Any]:
-        """Everything results.json holds, computed from the stages' files."""
+    def results(self, table1: dict, other_writer: dict, training: dict, evaluation: dict,
+                ablations: dict[str, Any]) -> dict[str, Any]:
+        """Everything results.json holds, computed from the stages' files; `ablations` (results.json keys →
+        tables) are kept, and their runs join Table 2, the differences and the frontier."""
         curve_runs = [run for run in self.runs if self.preset.has_curve(run)]
         curve_table = curves(Outcomes(self, curve_runs), curve_runs, self.preset.checkpoint_steps(), self.preset.max_steps,
                              self.preset.curve_records, evaluation["dev_ppl"])
-        tables = self.outcome_tables(self.runs, curve_table)
+        tables = self.outcome_tables(self.runs + self.ablation_runs(ablations), curve_table)
         shift = shift_summary(self.shift_per_seed())
         return {
             "preset": {**asdict(self.preset), "curve_fractions": list(self.preset.curve_fractions)},  # as JSON reads it back
@@ -365,6 +367,7 @@ class Reproduction(RunLayout):
             "training": {name: {"first_loss": (s["loss_curve"] or [None])[0], "last_loss": (s["loss_curve"] or [None])[-1],
                                 "steps": s.get("global_step")} for name, s in training.items()},
             "hypotheses": hypotheses(table1["paper"], shift, tables["differences"]),
+            **ablations,
         }
 
     def check_design(self) -> None:
@@ -395,7 +398,7 @@ class Reproduction(RunLayout):
         training = self.stage("train", self.train_methods)
         evaluation = self.stage("evaluate", self.evaluate)
         self.stage("figures", self.compare)
-        results = self.with_ablations(self.results(table1, other_writer, training, evaluation), self._earlier_ablations())
+        results = self.results(table1, other_writer, training, evaluation, self._earlier_ablations())
         results |= {"stage_seconds": dict(self.timings),
                     "wall_s": round(sum(self.timings.get(stage, 0.0) for stage in MAIN_STAGES), 1),
                     "this_run_s": round(time.perf_counter() - started, 1)}
@@ -408,14 +411,11 @@ class Reproduction(RunLayout):
         earlier = _read_json(path) if path.is_file() else {}
         return {key: earlier[key] for key in ABLATION_KEYS.values() if key in earlier}
 
-    def with_ablations(self, results: dict[str, Any], ablations: dict[str, Any]) -> dict[str, Any]:
-        """`results` with the ablations' tables; the importance-per-parameter runs join Table 2, the
-        differences and the frontier."""
-        results = results | ablations
-        if "importance_per_parameter" in results:
-            chosen = results["importance_per_parameter"]["chosen"]
-            results |= self.outcome_tables(self.runs + constrained_runs(chosen, self.preset.seeds), results["curves"])
-        return results
+    def ablation_runs(self, ablations: dict[str, Any]) -> list[TrainingRun]:
+        """The runs of `ablations` that join the main methods' tables: the importance-per-parameter methods at
+        their chosen settings, every seed."""
+        chosen = ablations.get("importance_per_parameter", {}).get("chosen", {})
+        return constrained_runs(chosen, self.preset.seeds)
 
     def _write(self, results: dict[str, Any]) -> None:
         save_accuracy_figure(results, self.dir / "figures")
@@ -431,8 +431,11 @@ class Reproduction(RunLayout):
         if name not in functions:
             raise ValueError(f"unknown ablation {name!r}; the ones there are: {', '.join(functions)}")
         results = self.run()
-        results[ABLATION_KEYS[name]] = self.stage(f"ablation {name}", functions[name])
-        results = self.with_ablations(results, {}) | {"stage_seconds": dict(self.timings)}
+        key = ABLATION_KEYS[name]
+        results[key] = self.stage(f"ablation {name}", functions[name])
+        if self.ablation_runs({key: results[key]}):
+            results |= self.outcome_tables(self.runs + self.ablation_runs(results), results["curves"])
+        results["stage_seconds"] = dict(self.timings)
         self._write(results)
         return results
 
